@@ -1,0 +1,178 @@
+"""The SSD (state-space duality) scan of Mamba2, in one place.
+
+Every form here computes the same thing, the op ``bmamba::SSDChunkScan`` of DESIGN.md:
+
+    dt_t  = softplus(dt_raw_t + dt_bias)                          [B, H]
+    h_t   = exp(dt_t * A) * h_{t-1}  +  dt_t * x_t (outer) B_t     [B, H, P, N]
+    y_t   = h_t . C_t  +  D * x_t                                  [B, H, P]
+
+with head h reading group g = h // (H // G) of B and C. Shapes (B batch, T time, H heads, P head
+dim, G groups, N state size):
+
+    x [B, T, H, P]   dt [B, T, H] (raw)   A [H] (negative)   B, C [B, T, G, N]
+    D [H]   dt_bias [H]   state [B, H, P, N]  ->  y [B, T, H, P], final state [B, H, P, N]
+
+Three forms, each taking an initial state and returning the final one:
+
+- ``ssd_recurrent``: the naive per-step recurrence. Slow; the oracle for tests.
+- ``ssd_chunked``: the chunked "SSD" form of the Mamba2 paper (arXiv 2405.21060, section 6) as in
+  mamba-ssm's ``ssd_minimal.py``: exact attention-like matmuls inside chunks of ``chunk_size``
+  steps, and a recurrence over chunk states between them. Used for training and for long chunks.
+  It is also what the portable ONNX export traces, so it is written export-safe: no CumSum (a
+  MatMul with a constant triangular matrix instead), no Einsum, no -inf (exp(min(a, 0)) times a
+  0/1 mask), and no Python loop over time.
+- ``ssd_step``: one time step, for token-by-token streaming.
+
+The state and the arithmetic are float32 for float32/float16/bfloat16 inputs (half-precision states
+drift over hours), float64 for float64 inputs (the tests' reference).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 stays float64 (test references); everything else is computed in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def discretize(dt_raw: Tensor, dt_bias: Tensor) -> Tensor:
+    """Step sizes dt = softplus(dt_raw + dt_bias), [..., H], in the compute dtype."""
+    dtype = compute_dtype(dt_raw)
+    return F.softplus(dt_raw.to(dtype) + dt_bias.to(dtype))
+
+
+def expand_groups(bc: Tensor, n_heads: int) -> Tensor:
+    """[..., G, N] -> [..., H, N]: head h reads group h // (H // G) (mamba-ssm's layout)."""
+    groups = bc.shape[-2]
+    if n_heads % groups:
+        raise ValueError(f"heads ({n_heads}) must be a multiple of groups ({groups})")
+    return bc.repeat_interleave(n_heads // groups, dim=-2)
+
+
+def _initial_state(x: Tensor, n: int, state: Tensor | None) -> Tensor:
+    b, _, h, p = x.shape
+    if state is None:
+        return torch.zeros(b, h, p, n, dtype=compute_dtype(x), device=x.device)
+    return state.to(compute_dtype(x))
+
+
+def ssd_recurrent(x, dt, A, B, C, D, dt_bias, initial_state=None):
+    """The naive recurrence, one step at a time (the oracle). Shapes as in the module docstring."""
+    state = _initial_state(x, B.shape[-1], initial_state)
+    ys = []
+    for t in range(x.shape[1]):
+        y, state = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], D, dt_bias, state)
+        ys.append(y)
+    if not ys:  # T == 0
+        return x.new_zeros(x.shape), state
+    return torch.stack(ys, dim=1), state
+
+
+def ssd_step(x, dt, A, B, C, D, dt_bias, state):
+    """One step. x [B, H, P], dt [B, H] (raw), B, C [B, G, N], state [B, H, P, N] float32.
+
+    Returns y [B, H, P] (dtype of x) and the new state [B, H, P, N] (float32, or float64 for float64 x).
+    """
+    n_heads, dtype = x.shape[1], compute_dtype(x)
+    xf, state = x.to(dtype), state.to(dtype)
+    dt = discretize(dt, dt_bias)                                   # [B, H]
+    Bh = expand_groups(B.to(dtype), n_heads)                       # [B, H, N]
+    Ch = expand_groups(C.to(dtype), n_heads)
+    decay = torch.exp(dt * A.to(dtype))                            # [B, H]
+    state = decay[..., None, None] * state + (dt[..., None] * xf)[..., None] * Bh[:, :, None, :]
+    y = (state @ Ch[..., None]).squeeze(-1) + D.to(dtype)[:, None] * xf
+    return y.to(x.dtype), state
+
+
+def tril_ones(n: int, like: Tensor, strict: bool = False) -> Tensor:
+    """[n, n] lower-triangular 0/1 matrix (diagonal included unless strict), dtype/device of like."""
+    i = torch.arange(n, device=like.device)
+    mask = i[:, None] > i[None, :] if strict else i[:, None] >= i[None, :]
+    return mask.to(like.dtype)
+
+
+def segsum(a: Tensor) -> Tensor:
+    """Segment sums, [..., T] -> [..., T, T]: out[..., i, j] = a[j+1] + ... + a[i] for i >= j.
+
+    Summing each segment directly (rather than subtracting two long cumulative sums) keeps float32
+    exact enough over thousands of steps. Entries above the diagonal are 0 and must be masked by the
+    caller. Written as a MatMul with triangular matrices, not CumSum, so that it exports cleanly.
+    """
+    n = a.shape[-1]
+    terms = a[..., :, None] * tril_ones(n, a, strict=True)        # [..., k, j] = a_k if k > j
+    return tril_ones(n, a) @ terms                                 # sum over j < k <= i
+
+
+def decay_matrix(a: Tensor) -> Tensor:
+    """exp(segsum(a)) on and below the diagonal, 0 above: [..., T] -> [..., T, T].
+
+    a = dt * A <= 0, so segsum <= 0; the min(., 0) only guards half precision against overflow.
+    """
+    n = a.shape[-1]
+    return torch.exp(torch.clamp(segsum(a), max=0.0)) * tril_ones(n, a)
+
+
+def ssd_chunked(x, dt, A, B, C, D, dt_bias, initial_state=None, chunk_size: int = 64):
+    """The chunked SSD form. Shapes as in the module docstring; any T (padded to whole chunks).
+
+    Follows ``ssd_minimal_discrete`` (mamba-ssm) step by step, with the four parts named as there:
+    1. intra-chunk outputs (the diagonal blocks), 2. each chunk's final state from its own inputs,
+    3. the recurrence over chunks (the initial state enters here), 4. the contribution of the state
+    entering each chunk to that chunk's outputs.
+    """
+    batch, length, n_heads, head_dim = x.shape
+    n_state, dtype = B.shape[-1], compute_dtype(x)
+    state0 = _initial_state(x, n_state, initial_state)
+
+    dt = discretize(dt, dt_bias)                                   # [b, t, h]
+    xf = x.to(dtype)
+    Bh = expand_groups(B.to(dtype), n_heads)                       # [b, t, h, n]
+    Ch = expand_groups(C.to(dtype), n_heads)
+
+    # Pad to whole chunks with dt = 0: a padded step neither decays nor feeds the state.
+    pad = (-length) % chunk_size
+    if pad:
+        xf, Bh, Ch = (F.pad(v, (0, 0, 0, 0, 0, pad)) for v in (xf, Bh, Ch))
+        dt = F.pad(dt, (0, 0, 0, pad))
+    n_chunks = (length + pad) // chunk_size
+
+    def chunks(v):  # [b, c*l, ...] -> [b, c, l, ...]
+        return v.reshape(batch, n_chunks, chunk_size, *v.shape[2:])
+
+    X = chunks(xf * dt[..., None])                                 # dt-weighted input, [b, c, l, h, p]
+    a = chunks(dt * A.to(dtype)).permute(0, 3, 1, 2)                 # log-decays, [b, h, c, l]
+    Bc, Cc = chunks(Bh), chunks(Ch)                                # [b, c, l, h, n]
+    a_cum = a @ tril_ones(chunk_size, a).T                         # cumsum within chunk, [b, h, c, l]
+
+    # 1. Intra-chunk (diagonal blocks): y_i = sum_{j<=i} (C_i . B_j) exp(a_{j+1..i}) X_j
+    L = decay_matrix(a)                                            # [b, h, c, l, l]
+    CB = Cc.permute(0, 3, 1, 2, 4) @ Bc.permute(0, 3, 1, 4, 2)     # [b, h, c, l(i), l(j)]
+    Y_diag = (CB * L) @ X.permute(0, 3, 1, 2, 4)                   # [b, h, c, l, p]
+
+    # 2. Each chunk's final state from its own inputs: sum_j exp(a_{j+1..end}) X_j B_j^T
+    decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)              # [b, h, c, l]
+    Xw = X.permute(0, 3, 1, 4, 2) * decay_to_end[:, :, :, None, :]  # [b, h, c, p, l]
+    local_states = Xw @ Bc.permute(0, 3, 1, 2, 4)                  # [b, h, c, p, n]
+
+    # 3. Recurrence over chunks, as one matmul: the state entering chunk z (z = 0..c) is
+    #    sum_{k<=z} exp(a_{chunks k+1..z}) S_k, with S_0 the initial state.
+    states = torch.cat([state0[:, :, None], local_states], dim=2)  # [b, h, c+1, p, n]
+    chunk_a = F.pad(a_cum[..., -1], (1, 0))                        # [b, h, c+1]
+    decay_chunks = decay_matrix(chunk_a)                           # [b, h, c+1, c+1]
+    flat = states.reshape(batch, n_heads, n_chunks + 1, head_dim * n_state)
+    entering = (decay_chunks @ flat).reshape(states.shape)         # [b, h, c+1, p, n]
+    final_state = entering[:, :, -1]
+    entering = entering[:, :, :-1]                                 # state before each chunk
+
+    # 4. State -> output inside each chunk: y_i += exp(a_{1..i}) C_i . h_in
+    Y_off = (Cc.permute(0, 3, 1, 2, 4) @ entering.transpose(-1, -2)) * torch.exp(a_cum)[..., None]
+
+    y = (Y_diag + Y_off).permute(0, 2, 3, 1, 4)                    # [b, c, l, h, p]
+    y = y.reshape(batch, n_chunks * chunk_size, n_heads, head_dim)[:, :length]
+    y = y + D.to(dtype)[:, None] * xf[:, :length]
+    return y.to(x.dtype), final_state
