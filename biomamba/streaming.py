@@ -1,0 +1,132 @@
+"""The streaming contract's chunk loop, torch-free (numpy only), shared by every backend.
+
+A recording arrives in pieces of any length. ``FrameBuffer`` cuts it into blocks the front end can
+take whole: ``320*n + 80`` samples = n new frames plus the 80 samples of left context carried from
+the previous block (zeros before the first). ``StreamRunner`` feeds those blocks, in order, to a
+backend's ``run_chunk(block, state) -> (outputs, state)`` and carries the model state (every layer's
+conv and SSM state). The PyTorch model, onnxruntime and TensorRT all run through this one loop, so
+a chunked run equals a whole run on every backend by construction of the same code.
+
+Frame t covers samples [320*t, 320*(t+1)) of the recording, i.e. [0.02*t, 0.02*(t+1)) seconds at
+16 kHz. A recording of S samples gives ceil(S / 320) frames; the last one, when partial, is
+zero-padded (``StreamRunner.padded_samples`` says by how much).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+HOP = 320              # samples per frame (20 ms at 16 kHz)
+CONTEXT = 80           # samples of left context a frame needs beyond its hop (receptive field 400)
+FRAME_S = HOP / SAMPLE_RATE
+
+RunChunk = Callable[[np.ndarray, Any], tuple[dict[str, np.ndarray], Any]]
+
+
+def check_audio(audio, name: str = "audio", ndim: int = 1) -> np.ndarray:
+    """Validate model input audio and return it as float32. Raises ValueError naming the problem."""
+    if not isinstance(audio, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(audio).__name__}")
+    if audio.dtype.kind != "f":
+        hint = " (integer PCM? divide by 32768 to get floats in [-1, 1])" if audio.dtype.kind in "iu" else ""
+        raise ValueError(f"{name} must be float32 or float64, got {audio.dtype}{hint}")
+    if audio.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D ({'samples' if ndim == 1 else 'batch, samples'}), "
+                         f"got shape {audio.shape}")
+    if audio.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.isfinite(audio).all():
+        bad = int(np.flatnonzero(~np.isfinite(audio.reshape(-1)))[0]) % audio.shape[-1]
+        raise ValueError(f"{name} has NaN or infinite samples (first at sample {bad}, "
+                         f"{bad / SAMPLE_RATE:.3f} s at 16 kHz)")
+    return audio.astype(np.float32, copy=False)
+
+
+class FrameBuffer:
+    """Turns pieces of audio into blocks of whole frames with their left context.
+
+    ``append(piece)`` then ``take(max_frames)`` until it returns None; at the end of the recording
+    ``take(final=True)`` also returns the last partial frame, zero-padded.
+    """
+
+    def __init__(self):
+        self._buf = np.zeros(CONTEXT, np.float32)   # [context | pending samples]
+        self.samples_in = 0
+        self.frames_out = 0
+        self.padded_samples = 0
+
+    def append(self, piece: np.ndarray) -> None:
+        piece = np.asarray(piece, np.float32).reshape(-1)
+        self.samples_in += piece.size
+        if piece.size:
+            self._buf = np.concatenate([self._buf, piece])
+
+    @property
+    def pending(self) -> int:
+        """Samples waiting for their frame to complete (or for a take)."""
+        return self._buf.size - CONTEXT
+
+    def take(self, max_frames: int | None = None, final: bool = False) -> np.ndarray | None:
+        """The next block [320*n + 80] of n >= 1 whole frames (n <= max_frames), or None."""
+        n = self.pending // HOP
+        if final and n == 0 and self.pending > 0:
+            self.padded_samples = HOP - self.pending
+            self._buf = np.concatenate([self._buf, np.zeros(self.padded_samples, np.float32)])
+            n = 1
+        if n == 0:
+            return None
+        if max_frames is not None:
+            n = min(n, max_frames)
+        end = CONTEXT + n * HOP
+        block = self._buf[:end]
+        self._buf = self._buf[end - CONTEXT:].copy()   # copy: don't pin the whole old buffer
+        self.frames_out += n
+        return block
+
+
+class StreamRunner:
+    """Carries one recording's state through a backend, block by block.
+
+    run_chunk(block [1, 320*n + 80] float32, state) -> (outputs, state), where outputs maps names to
+    arrays [1, n, ...]. ``push``/``flush`` return the same names as arrays [frames, ...] for the
+    frames completed by that call (possibly zero frames). ``max_frames`` bounds the frames per
+    model call, so memory stays flat however large a piece is pushed.
+    """
+
+    def __init__(self, run_chunk: RunChunk, initial_state: Any, max_frames: int | None = 1500):
+        self.run_chunk, self.state, self.max_frames = run_chunk, initial_state, max_frames
+        self.buffer = FrameBuffer()
+        self._empty: dict[str, np.ndarray] | None = None
+
+    @property
+    def frames(self) -> int:
+        return self.buffer.frames_out
+
+    @property
+    def padded_samples(self) -> int:
+        return self.buffer.padded_samples
+
+    def push(self, piece: np.ndarray) -> dict[str, np.ndarray]:
+        self.buffer.append(piece)
+        return self._drain(final=False)
+
+    def flush(self) -> dict[str, np.ndarray]:
+        """End of recording: run the last partial frame (zero-padded)."""
+        return self._drain(final=True)
+
+    def _drain(self, final: bool) -> dict[str, np.ndarray]:
+        parts: list[dict[str, np.ndarray]] = []
+        while (block := self.buffer.take(self.max_frames, final=final)) is not None:
+            outputs, self.state = self.run_chunk(block[None, :], self.state)
+            parts.append({k: v[0] for k, v in outputs.items()})
+            if self._empty is None:
+                self._empty = {k: v[0, :0] for k, v in outputs.items()}
+        if not parts:
+            return dict(self._empty) if self._empty is not None else {}
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
