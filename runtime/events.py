@@ -63,7 +63,9 @@ class EventTracker:
     Use: `events = tracker.push(probs_chunk)` for every chunk ([T, C] with C = len(labels), any
     T >= 0), then `events = tracker.flush()` at the end of the recording. Each call returns the
     events that are final: closed, out of reach of any later event of their class for merging, and
-    with every event that could start earlier already returned.
+    with every event that could start earlier already returned. (So while one class stays on,
+    the final events of the others that start after its onset wait in a small buffer: memory grows
+    with the number of such events, never with the number of frames.)
     """
 
     def __init__(
