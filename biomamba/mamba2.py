@@ -78,6 +78,10 @@ class Mamba2(nn.Module):
         if self.nheads % ngroups:
             raise ValueError(f"heads ({self.nheads}) must be a multiple of ngroups ({ngroups})")
         self.chunk_size, self.use_kernels = chunk_size, use_kernels
+        # An exporter may swap the scan for another implementation of the same op (e.g. the ONNX
+        # custom node of the plugin variant): scan_override(x, dt, A, B, C, D, dt_bias, ssm_state)
+        # -> (y, final_state), same shapes as biomamba.ssd.ssd_chunked.
+        self.scan_override = None
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
 
         # Rows of in_proj, in order: z (d_inner), xBC (conv_dim), dt (nheads).
@@ -132,6 +136,8 @@ class Mamba2(nn.Module):
         return self.out_proj(y), (new_conv_state, new_ssm_state)
 
     def _scan(self, x, dt, A, B, C, ssm_state):
+        if self.scan_override is not None:
+            return self.scan_override(x, dt, A, B, C, self.D, self.dt_bias, ssm_state)
         if self.use_kernels and x.is_cuda and _mamba_ssm_scan() is not None:
             y, final = _mamba_ssm_scan()(
                 x, dt, A, B, C, self.chunk_size, D=self.D.float(), dt_bias=self.dt_bias.float(),
