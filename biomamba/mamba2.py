@@ -6,7 +6,9 @@ same arguments (see DESIGN.md, "The model"). Unlike mamba-ssm, every call takes 
 results identical to a whole-recording run.
 
     conv_state [B, conv_dim, d_conv - 1]   the last xBC inputs before the causal conv
-    ssm_state  [B, H, P, N]                the SSD state (float32)
+    ssm_state  [B, H, P, N]                the SSD state
+
+Both are float32 (float64 when the model runs in float64, for tests against references).
 
 with d_inner = expand * d_model, H = d_inner / headdim, P = headdim, N = d_state, G = ngroups,
 conv_dim = d_inner + 2 * G * N.
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ssd import ssd_chunked, ssd_step
+from .ssd import compute_dtype, ssd_chunked, ssd_step
 
 MixerState = tuple[torch.Tensor, torch.Tensor]
 
@@ -38,10 +40,10 @@ class RMSNormGated(nn.Module):
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """y, z [..., dim] -> [..., dim]."""
-        dtype = y.dtype
-        g = (y.float() * F.silu(z.float())).unflatten(-1, (-1, self.group_size))
+        dtype, work = y.dtype, compute_dtype(y)
+        g = (y.to(work) * F.silu(z.to(work))).unflatten(-1, (-1, self.group_size))
         g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (g.flatten(-2) * self.weight.float()).to(dtype)
+        return (g.flatten(-2) * self.weight.to(work)).to(dtype)
 
 
 class Mamba2(nn.Module):
@@ -126,11 +128,11 @@ class Mamba2(nn.Module):
 
         # Causal conv over [carried inputs | this chunk's inputs]; the last d_conv-1 inputs carry on.
         xBC = torch.cat([conv_state.to(xBC.dtype), xBC.transpose(1, 2)], dim=-1)
-        new_conv_state = xBC[:, :, xBC.shape[-1] - (self.d_conv - 1):].float()
+        new_conv_state = xBC[:, :, xBC.shape[-1] - (self.d_conv - 1):].to(compute_dtype(u))
         xBC = F.silu(self.conv1d(xBC)).transpose(1, 2)             # [B, L, conv_dim]
 
         x, B, C = self._split_xbc(xBC)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.to(compute_dtype(u)))
         y, new_ssm_state = self._scan(x, dt, A, B, C, ssm_state)
         y = self.norm(y.reshape(batch, length, self.d_inner), z)
         return self.out_proj(y), (new_conv_state, new_ssm_state)
@@ -155,10 +157,10 @@ class Mamba2(nn.Module):
         if self.conv1d.bias is not None:
             xBC = xBC + self.conv1d.bias
         x, B, C = self._split_xbc(F.silu(xBC))
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(self.A_log.to(compute_dtype(u)))
         y, ssm_state = ssd_step(x, dt, A, B, C, self.D, self.dt_bias, ssm_state)
         y = self.norm(y.reshape(u.shape[0], self.d_inner), z)
-        return self.out_proj(y), (window[:, :, 1:].float(), ssm_state)
+        return self.out_proj(y), (window[:, :, 1:].to(compute_dtype(u)), ssm_state)
 
 
 _KERNEL = None

@@ -111,7 +111,10 @@ class AudioModel(nn.Module):
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(path, f"invalid config ({e})") from None
         weights = load_weights(Path(path) if Path(path).is_dir() else Path(path).parent)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise CheckpointError(path, "weights do not fit the config: " + str(e).splitlines()[-1].strip()) from None
         if missing or unexpected:
             raise CheckpointError(path, f"weights do not fit the config (missing {missing[:5]}, "
                                         f"unexpected {unexpected[:5]})")
