@@ -1,0 +1,1 @@
+"""The `bmamba` command line; see app.py."""
