@@ -1,0 +1,342 @@
+"""torch Datasets for fine-tuning: clip classification and frame-level detection.
+
+Audio comes only through `biomamba.audio.read_audio`, and only the segment an item needs is
+read (a crop or a window), never a whole long recording per item. Randomness (crops, gain,
+background mixing) comes from a generator seeded by (seed, epoch, item index), so an item is
+the same whichever DataLoader worker makes it; call `set_epoch` to get new crops each epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..audio import AUDIO_EXTENSIONS, SAMPLE_RATE, audio_info, read_audio
+from ..streaming import HOP
+from .annotations import (
+    Annotation,
+    find_annotation_table,
+    read_annotations,
+    read_beans_csv,
+    read_beans_jsonl,
+)
+from .windows import class_index, frame_targets, window_starts, window_targets
+
+
+def _samples(seconds: float) -> int:
+    return int(round(seconds * SAMPLE_RATE))
+
+
+def _fit(audio: np.ndarray, n: int) -> np.ndarray:
+    """Zero-pad at the end or trim to n samples."""
+    if len(audio) >= n:
+        return audio[:n]
+    return np.concatenate([audio, np.zeros(n - len(audio), dtype=np.float32)])
+
+
+def _is_audio(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+class _Durations:
+    """Recording durations from the header, read once per file."""
+
+    def __init__(self):
+        self._cache: dict[Path, float] = {}
+
+    def __call__(self, path: Path) -> float:
+        if path not in self._cache:
+            self._cache[path] = audio_info(path).duration_s
+        return self._cache[path]
+
+
+def _apply_gain(audio: np.ndarray, gain_db: tuple[float, float] | None, rng: np.random.Generator) -> np.ndarray:
+    if gain_db is None:
+        return audio
+    return audio * np.float32(10.0 ** (rng.uniform(*gain_db) / 20.0))
+
+
+# --------------------------------------------------------------------------- classification
+
+
+class ClassificationDataset(Dataset):
+    """Clips with one label each. Items: (audio float32 tensor [S] at 16 kHz, class index int).
+
+    source: a folder with one subfolder of recordings per class (`root/<label>/*.wav`, searched
+    recursively), a BEANS classification CSV (`path,label`), or a list of (path, label).
+    classes: the class names in index order (default: the sorted labels found); a label not
+    among them maps to `unknown_label` (added to the classes if missing), else is an error.
+
+    crop_s: None gives whole recordings; else every item holds exactly crop_s seconds: a random
+    crop when `train`, the centred crop otherwise; shorter recordings are zero-padded at the end.
+    Training-only augmentation: `gain_db` (lo, hi) random gain; `backgrounds` (recordings)
+    mixed in with probability `background_prob` at an SNR drawn from `snr_db` (lo, hi), from a
+    random piece of a random background (tiled when shorter than the clip).
+    """
+
+    def __init__(
+        self,
+        source: str | Path | Sequence[tuple[str | Path, str]],
+        *,
+        classes: Sequence[str] | None = None,
+        unknown_label: str | None = None,
+        crop_s: float | None = None,
+        train: bool = False,
+        gain_db: tuple[float, float] | None = None,
+        backgrounds: Sequence[str | Path] = (),
+        snr_db: tuple[float, float] = (0.0, 20.0),
+        background_prob: float = 0.5,
+        channel: int | None = None,
+        seed: int = 0,
+    ):
+        items = self._load(source)
+        if not items:
+            raise ValueError(f"{source}: no recordings found")
+        if classes is None:
+            classes = sorted({label for _, label in items})
+        classes = list(classes)
+        if unknown_label is not None and unknown_label not in classes:
+            classes = sorted([*classes, unknown_label])
+        self.classes: list[str] = classes
+        self.items: list[tuple[Path, int]] = [
+            (path, class_index(classes, label, unknown_label)) for path, label in items
+        ]
+        if crop_s is not None and crop_s <= 0:
+            raise ValueError(f"crop_s must be > 0, got {crop_s}")
+        self.crop_s = crop_s
+        self.train = train
+        self.gain_db = gain_db
+        self.backgrounds = [Path(b) for b in backgrounds]
+        self.snr_db = snr_db
+        self.background_prob = background_prob
+        self.channel = channel
+        self.seed = seed
+        self.epoch = 0
+        self._duration = _Durations()
+
+    @staticmethod
+    def _load(source) -> list[tuple[Path, str]]:
+        if isinstance(source, str | Path):
+            source = Path(source)
+            if source.is_dir():
+                items = []
+                for folder in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                    items += [(f, folder.name) for f in sorted(folder.rglob("*")) if _is_audio(f)]
+                return items
+            return read_beans_csv(source)
+        return [(Path(p), str(label)) for p, label in source]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new random crops and augmentations for this epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _crop(self, path: Path, rng: np.random.Generator) -> np.ndarray:
+        if self.crop_s is None:
+            return read_audio(path, channel=self.channel)
+        duration = self._duration(path)
+        n = _samples(self.crop_s)
+        if duration <= self.crop_s:
+            return _fit(read_audio(path, channel=self.channel), n)
+        spare = duration - self.crop_s
+        offset = rng.uniform(0.0, spare) if self.train else spare / 2
+        audio = read_audio(path, channel=self.channel, offset_s=offset, duration_s=self.crop_s)
+        return _fit(audio, n)  # MP3 headers may overstate the length by a few samples
+
+    def _background(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        path = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
+        duration = self._duration(path)
+        want_s = n / SAMPLE_RATE
+        if duration > want_s:
+            noise = read_audio(path, offset_s=rng.uniform(0.0, duration - want_s), duration_s=want_s)
+        else:
+            noise = read_audio(path)
+        if len(noise) == 0:
+            return np.zeros(n, dtype=np.float32)
+        return np.resize(noise, n).astype(np.float32)  # np.resize tiles a short piece
+
+    def _mix(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if not self.backgrounds or rng.random() >= self.background_prob or len(audio) == 0:
+            return audio
+        noise = self._background(len(audio), rng)
+        p_signal = float(np.mean(audio.astype(np.float64) ** 2))
+        p_noise = float(np.mean(noise.astype(np.float64) ** 2))
+        if p_signal == 0.0 or p_noise == 0.0:
+            return audio
+        snr = rng.uniform(*self.snr_db)
+        scale = np.sqrt(p_signal / (p_noise * 10.0 ** (snr / 10.0)))
+        return (audio + scale * noise).astype(np.float32)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.items[index]
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        audio = self._crop(path, rng)
+        if self.train:
+            audio = _apply_gain(audio, self.gain_db, rng)
+            audio = self._mix(audio, rng)
+        return torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), label
+
+
+# --------------------------------------------------------------------------- detection
+
+
+@dataclass(frozen=True)
+class DetectionWindow:
+    """One window of a recording: where it starts (s) and the recording's events."""
+
+    path: Path
+    start_s: float
+    length_s: float  # the recording's length as listed (BEANS "length" or the header's)
+    annotations: tuple[Annotation, ...]
+
+
+class DetectionDataset(Dataset):
+    """Fixed windows of annotated recordings, BEANS style.
+
+    Items: (audio float32 [S], frame targets float32 [T, C], window target float32 [C]) with
+    S = window_s * 16 kHz, T = ceil(S / 320) model frames (frame t covers
+    [start + 0.02 t, start + 0.02 (t + 1)) s, labelled by `frame_targets`), the window target
+    by BEANS's rule (`window_targets`). Windows per recording follow `window_starts` (BEANS:
+    int((length - window) / hop) + 1); a window reaching past the end of the audio is
+    zero-padded.
+
+    source: a BEANS detection JSONL, or a folder of recordings (searched recursively) with an
+    annotation file next to each (`find_annotation_table`: Raven table or Audacity labels).
+    Recordings without one are skipped and listed in `skipped` (an empty table marks a
+    recording without events). classes: default the sorted labels found; labels not among them
+    map to `unknown_label` (BEANS's "OTHR"), added to the classes if missing.
+    """
+
+    def __init__(
+        self,
+        source: str | Path,
+        *,
+        window_s: float = 2.0,
+        hop_s: float = 1.0,
+        classes: Sequence[str] | None = None,
+        unknown_label: str | None = None,
+        label_column: str | None = None,
+        train: bool = False,
+        gain_db: tuple[float, float] | None = None,
+        channel: int | None = None,
+        seed: int = 0,
+    ):
+        source = Path(source)
+        self.skipped: list[Path] = []
+        self._duration = _Durations()
+        recordings = self._load(source, label_column)
+        labels = sorted({a.label for _, _, events in recordings for a in events})
+        if classes is None:
+            classes = labels
+        classes = list(classes)
+        if unknown_label is not None and unknown_label not in classes:
+            classes = sorted([*classes, unknown_label])
+        if not classes:
+            raise ValueError(f"{source}: no labelled events, so no classes (pass classes=...)")
+        for label in labels:  # fail now, not in a worker
+            class_index(classes, label, unknown_label)
+        self.classes: list[str] = classes
+        self.unknown_label = unknown_label
+        self.window_s, self.hop_s = window_s, hop_s
+        self.windows: list[DetectionWindow] = [
+            DetectionWindow(path, float(start), length, tuple(events))
+            for path, length, events in recordings
+            for start in window_starts(length, window_s, hop_s)
+        ]
+        if not self.windows:
+            raise ValueError(f"{source}: no window of {window_s} s fits any recording")
+        self.train = train
+        self.gain_db = gain_db
+        self.channel = channel
+        self.seed = seed
+        self.epoch = 0
+
+    def _load(self, source: Path, label_column: str | None) -> list[tuple[Path, float, list[Annotation]]]:
+        if source.is_dir():
+            out = []
+            for recording in sorted(f for f in source.rglob("*") if _is_audio(f)):
+                table = find_annotation_table(recording)
+                if table is None:
+                    self.skipped.append(recording)
+                    continue
+                length = self._duration(recording)
+                out.append((recording, length, read_annotations(table, label_column=label_column, duration_s=length)))
+            if not out:
+                raise ValueError(f"{source}: no recording with an annotation file next to it")
+            return out
+        return [(item.path, item.length_s, list(item.annotations)) for item in read_beans_jsonl(source)]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new augmentations for this epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    @property
+    def n_frames(self) -> int:
+        """Model frames per window: ceil(window samples / 320)."""
+        return -(-_samples(self.window_s) // HOP)
+
+    def _read(self, window: DetectionWindow) -> np.ndarray:
+        n = _samples(self.window_s)
+        # The listed length may differ a little from the decoded audio (BEANS lists lengths
+        # of its resampled copies): read only what the file holds, pad the rest.
+        available = min(self._duration(window.path), window.length_s) - window.start_s
+        if available * SAMPLE_RATE < 1:
+            return np.zeros(n, dtype=np.float32)
+        audio = read_audio(
+            window.path, channel=self.channel, offset_s=window.start_s,
+            duration_s=min(self.window_s, available),
+        )
+        return _fit(audio, n)
+
+    def targets(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(frame targets [T, C], window target [C]) of a window, without reading audio."""
+        w = self.windows[index]
+        frames = frame_targets(w.annotations, self.n_frames, self.classes, offset_s=w.start_s,
+                               unknown_label=self.unknown_label)
+        window = window_targets(w.annotations, np.array([w.start_s]), self.window_s, self.classes,
+                                unknown_label=self.unknown_label)[0]
+        return frames, window
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        audio = self._read(self.windows[index])
+        if self.train:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            audio = _apply_gain(audio, self.gain_db, rng)
+        frames, window = self.targets(index)
+        return (torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
+                torch.from_numpy(frames), torch.from_numpy(window))
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def collate_padded(batch: Sequence[tuple]) -> dict[str, torch.Tensor]:
+    """Stack items of different lengths, zero-padding at the end.
+
+    Classification items (audio [S], label) -> {"audio" [B, S_max], "lengths" [B] (samples),
+    "labels" [B] int64}. Detection items (audio [S], frame targets [T, C], window target [C]) ->
+    also {"frame_targets" [B, T_max, C], "frame_lengths" [B], "window_targets" [B, C]}.
+    """
+    if not batch:
+        raise ValueError("empty batch")
+    audio = [item[0] for item in batch]
+    lengths = torch.tensor([len(a) for a in audio], dtype=torch.int64)
+    out = {"audio": torch.nn.utils.rnn.pad_sequence(audio, batch_first=True), "lengths": lengths}
+    if len(batch[0]) == 2:
+        out["labels"] = torch.tensor([int(item[1]) for item in batch], dtype=torch.int64)
+        return out
+    frames = [item[1] for item in batch]
+    out["frame_targets"] = torch.nn.utils.rnn.pad_sequence(frames, batch_first=True)
+    out["frame_lengths"] = torch.tensor([len(f) for f in frames], dtype=torch.int64)
+    out["window_targets"] = torch.stack([item[2] for item in batch])
+    return out
