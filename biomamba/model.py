@@ -238,6 +238,22 @@ class BioMamba(AudioModel):
         """The streaming step: block [B, 320*n + 80] (context + n frames) -> (hidden [B, n, D], state)."""
         return self.encode_with_state(self.frontend(block), state)
 
+    @torch.no_grad()
+    def run_chunk(self, block: np.ndarray, state: list[MixerState]):
+        """The backend interface of ``biomamba.streaming.StreamRunner`` (numpy in, numpy out).
+
+        block [B, 320*n + 80] float32 -> ({"embeddings": [B, n, D], "logits": [B, n, C] (with a
+        head), "attention": [B, n] (attention pooling)}, new state) -- the output names of the
+        exported ``mamba.onnx``, so every backend returns the same dictionary.
+        """
+        hidden, state = self.step_chunk(torch.from_numpy(np.ascontiguousarray(block)).to(self._device()), state)
+        out = {"embeddings": hidden.float().cpu().numpy()}
+        if self.head is not None:
+            out["logits"] = self.frame_logits(hidden).float().cpu().numpy()
+        if self.attention is not None:
+            out["attention"] = self.attention(hidden)[..., 0].float().cpu().numpy()
+        return out, state
+
     def stream(self, max_chunk_s: float = 30.0) -> ModelStream:
         """A stream over one recording; push pieces of any length, then flush."""
         return ModelStream(self, max_frames=max(1, int(round(max_chunk_s * SAMPLE_RATE / HOP))))
@@ -253,20 +269,10 @@ class ModelStream:
 
     def __init__(self, model: BioMamba, max_frames: int = 1500):
         self.model = model.eval()
-        self._runner = StreamRunner(self._run_chunk, model.initial_state(1), max_frames)
+        self._runner = StreamRunner(model.run_chunk, model.initial_state(1), max_frames)
         self._pool_logits = None      # running pooled logits (classify), as a weighted sum
         self._pool_weight = None
         self._pool_max = None
-
-    @torch.no_grad()
-    def _run_chunk(self, block: np.ndarray, state):
-        hidden, state = self.model.step_chunk(torch.from_numpy(block).to(self.model._device()), state)
-        out = {"hidden": hidden.float().cpu().numpy()}
-        if self.model.head is not None:
-            out["frame_logits"] = self.model.frame_logits(hidden).float().cpu().numpy()
-        if self.model.attention is not None:
-            out["attention"] = self.model.attention(hidden)[..., 0].float().cpu().numpy()
-        return out, state
 
     @property
     def frames(self) -> int:
@@ -284,8 +290,8 @@ class ModelStream:
             width = self.model.config.d_model if task == "embed" else len(self.model.classes)
             return np.zeros((0, width), np.float32)
         if task == "embed":
-            return out["hidden"]
-        logits = out["frame_logits"]
+            return out["embeddings"]
+        logits = out["logits"]
         if task == "detect":
             return 1.0 / (1.0 + np.exp(-logits))
         self._accumulate(logits, out.get("attention"))
