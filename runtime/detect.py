@@ -1,0 +1,283 @@
+"""`bmamba detect`: recordings in, one event table per recording out, torch-free.
+
+Per recording: the streaming reader (``biomamba.audio.iter_audio``, blocks of ``chunk_s``) feeds the
+one chunk loop (``biomamba.streaming.StreamRunner``) of a backend; frame probabilities become events
+incrementally (``EventTracker``); the table is written atomically; the resume journal records the
+file. Nothing here holds more than one chunk of audio or probabilities, so memory does not grow
+with recording length.
+
+Detection models (task ``detect``) give per-frame sigmoid probabilities. Clip classifiers (task
+``classify``) are applied to consecutive windows of ``window_s`` (their mean-pooled frame logits,
+softmax), like BirdNET's 3 s windows; each window is then one "frame" for the event tracker.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from biomamba.audio import AudioError, audio_info, iter_audio
+from biomamba.metrics import prf_from_counts
+from biomamba.streaming import FRAME_S, HOP, SAMPLE_RATE, StreamRunner
+
+from .events import Event, EventTracker
+from .journal import Journal
+from .pooling import WindowPooler
+from .writers import OutputError, output_path, write_events
+
+JOURNAL_NAME = ".bmamba-journal.jsonl"
+PARITY_ONSET_TOLERANCE_S = 0.2
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Overflow-free logistic function."""
+    return np.exp(-np.logaddexp(0.0, -x)).astype(np.float32)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+@dataclass
+class DetectConfig:
+    """What shapes the results (all of it goes into the resume journal's settings)."""
+
+    chunk_s: float = 30.0
+    threshold: float | None = None          # None: the model's per-class thresholds (manifest)
+    threshold_off: float | None = None      # hysteresis; None: 0.8 x threshold
+    min_duration_s: float = 0.1
+    merge_gap_s: float = 0.2
+    window_s: float = 3.0                   # classification models only
+    fmt: str = "raven"
+    out_dir: Path | None = None
+    channel: int | None = None
+
+
+@dataclass
+class ParityCounts:
+    """PyTorch-vs-backend agreement accumulated over files."""
+
+    max_abs_diff: float = 0.0
+    frames: int = 0
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def add_events(self, ours: list[Event], reference: list[Event]) -> None:
+        from biomamba.metrics import event_prf
+
+        r = event_prf(ours, reference, onset_tolerance_s=PARITY_ONSET_TOLERANCE_S)
+        self.tp, self.fp, self.fn = self.tp + r["tp"], self.fp + r["fp"], self.fn + r["fn"]
+
+    def summary(self) -> dict:
+        if self.tp + self.fp + self.fn == 0:
+            f1 = 1.0  # both found nothing: full agreement
+        else:
+            f1 = float(prf_from_counts(self.tp, self.fp, self.fn)["f1"])
+        return {"max_abs_diff": self.max_abs_diff, "frames": self.frames, "event_f1": f1,
+                "events_backend": self.tp + self.fp, "events_torch": self.tp + self.fn,
+                "onset_tolerance_s": PARITY_ONSET_TOLERANCE_S}
+
+
+@dataclass
+class FileResult:
+    path: Path
+    status: str                        # "ok", "failed", "skipped" (done in an earlier run)
+    reason: str = ""
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+    events: int = 0
+    output: Path | None = None
+
+
+class Scorer:
+    """Backend outputs -> probabilities per scoring unit (20 ms frames, or windows for classifiers)."""
+
+    def __init__(self, task: str, window_s: float):
+        self.task = task
+        if task == "classify":
+            frames = max(1, int(round(window_s / FRAME_S)))
+            self.pooler = WindowPooler(frames, frames)
+            self.unit_s = frames * FRAME_S
+        elif task == "detect":
+            self.pooler, self.unit_s = None, FRAME_S
+        else:
+            raise ValueError(f"a {task!r} model gives no detections; use `bmamba embed`")
+
+    def __call__(self, outputs: dict[str, np.ndarray], final: bool = False) -> np.ndarray:
+        logits = outputs.get("logits")
+        if self.pooler is None:
+            return sigmoid(logits) if logits is not None else np.zeros((0, 0), np.float32)
+        parts = [self.pooler.push(logits)[1]] if logits is not None else []
+        if final:
+            parts.append(self.pooler.flush()[1])
+        parts = [p for p in parts if len(p)]
+        return softmax(np.concatenate(parts)) if parts else np.zeros((0, 0), np.float32)
+
+
+class Detector:
+    """Runs recordings through a backend (and, with ``reference``, the PyTorch model beside it)."""
+
+    def __init__(self, backend, manifest, config: DetectConfig, reference=None, model_name: str = "model"):
+        self.backend, self.manifest, self.config, self.reference = backend, manifest, config, reference
+        self.model_name = model_name
+        self.classes = list(manifest.classes)
+        self.max_frames = max(1, int(round(config.chunk_s * SAMPLE_RATE / HOP)))
+        if config.threshold is not None:
+            self.thresholds = np.full(len(self.classes), config.threshold, np.float32)
+        else:
+            self.thresholds = np.array([manifest.thresholds.get(c, 0.5) for c in self.classes], np.float32)
+        self.parity = ParityCounts() if reference is not None else None
+        Scorer(manifest.task, config.window_s)   # fails early for an embedding model
+
+    def _tracker(self, unit_s: float) -> EventTracker:
+        c = self.config
+        off = None if c.threshold_off is None else np.minimum(c.threshold_off, self.thresholds)
+        return EventTracker(self.classes, frame_s=unit_s, threshold=self.thresholds, threshold_off=off,
+                            min_duration_s=c.min_duration_s, merge_gap_s=c.merge_gap_s)
+
+    def process(self, path: Path, on_audio: Callable[[float], None] | None = None) -> FileResult:
+        """One recording. Reader, model and writer errors become a failed result, never an exception."""
+        start = time.perf_counter()
+        try:
+            info = audio_info(path)
+            events, audio_s = self._run(path, on_audio)
+            out = output_path(path, self.config.out_dir, self.config.fmt)
+            events = [_clip(e, audio_s) for e in events]
+            write_events(out, events, self.config.fmt, recording=path, duration_s=audio_s,
+                         sample_rate=info.sample_rate, backend=self.backend.name, model=self.model_name)
+        except (AudioError, OutputError, OSError) as e:
+            return FileResult(path, "failed", str(e), wall_s=time.perf_counter() - start)
+        except Exception as e:  # a backend failure on one file must not end a run of thousands
+            return FileResult(path, "failed", f"{path}: {type(e).__name__}: {e}", wall_s=time.perf_counter() - start)
+        return FileResult(path, "ok", audio_s=audio_s, wall_s=time.perf_counter() - start,
+                          events=len(events), output=out)
+
+    def _run(self, path: Path, on_audio) -> tuple[list[Event], float]:
+        runner = StreamRunner(self.backend.run_chunk, self.backend.initial_state(1), self.max_frames)
+        scorer = Scorer(self.manifest.task, self.config.window_s)
+        tracker = self._tracker(scorer.unit_s)
+        events: list[Event] = []
+        if self.reference is not None:
+            ref_runner = StreamRunner(self.reference.run_chunk, self.reference.initial_state(1), self.max_frames)
+            ref_scorer = Scorer(self.manifest.task, self.config.window_s)
+            ref_tracker, ref_events = self._tracker(ref_scorer.unit_s), []
+
+        def consume(out, ref_out, final=False):
+            probs = scorer(out, final)
+            if len(probs):
+                events.extend(tracker.push(probs))
+            if self.reference is not None:
+                ref_probs = ref_scorer(ref_out, final)
+                if len(ref_probs):
+                    ref_events.extend(ref_tracker.push(ref_probs))
+                    self.parity.max_abs_diff = max(self.parity.max_abs_diff,
+                                                   float(np.abs(probs - ref_probs).max()))
+                    self.parity.frames += len(probs)
+
+        for block in iter_audio(path, block_s=self.config.chunk_s, channel=self.config.channel):
+            consume(runner.push(block), self.reference and ref_runner.push(block))
+            if on_audio:
+                on_audio(len(block) / SAMPLE_RATE)
+        consume(runner.flush(), self.reference and ref_runner.flush(), final=True)
+        events.extend(tracker.flush())
+        if self.reference is not None:
+            ref_events.extend(ref_tracker.flush())
+            self.parity.add_events(events, ref_events)
+        return events, runner.buffer.samples_in / SAMPLE_RATE
+
+
+def _clip(e: Event, duration_s: float) -> Event:
+    """The last frame is zero-padded past the end of the recording; events end at the end."""
+    if e.end_s <= duration_s:
+        return e
+    return Event(e.start_s, max(e.start_s, duration_s), e.label, e.score)
+
+
+@dataclass
+class RunSummary:
+    """The `--report` of a run (DESIGN.md, Command-line contract)."""
+
+    results: list[FileResult] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)   # inputs that matched nothing
+    wall_s: float = 0.0
+    backend: str = ""
+    chunk_s: float = 0.0
+    peak_gpu_mb: float | None = None
+    parity: dict | None = None
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    def to_dict(self) -> dict:
+        audio_s = sum(r.audio_s for r in self.results if r.status == "ok")
+        busy = sum(r.wall_s for r in self.results if r.status != "skipped")
+        return {
+            "files": len(self.results),
+            "processed": sum(r.status == "ok" for r in self.results),
+            "skipped": sum(r.status == "skipped" for r in self.results),
+            "failed": len(self.failed) + len(self.problems),
+            "failures": [{"file": str(r.path), "reason": r.reason} for r in self.failed]
+                        + [{"file": i, "reason": why} for i, why in self.problems],
+            "audio_s": round(audio_s, 3),
+            "wall_s": round(self.wall_s, 3),
+            # real-time factor as this project quotes it: seconds of audio per second of work
+            "rtf": round(audio_s / busy, 1) if busy > 0 else None,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_gpu_mb": None if self.peak_gpu_mb is None else round(self.peak_gpu_mb, 1),
+            "backend": self.backend,
+            "chunk_s": self.chunk_s,
+            "parity": self.parity,
+        }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def journal_settings(manifest, config: DetectConfig) -> dict:
+    """What changes the output files; an entry recorded under other settings does not count."""
+    return {
+        "model": manifest.source_sha256, "variant": manifest.variant, "precision": manifest.precision,
+        "threshold": config.threshold, "threshold_off": config.threshold_off,
+        "min_duration_s": config.min_duration_s, "merge_gap_s": config.merge_gap_s,
+        "window_s": config.window_s, "format": config.fmt, "channel": config.channel,
+        "out_dir": None if config.out_dir is None else str(Path(config.out_dir).resolve()),
+    }
+
+
+def run(detector: Detector, files: Iterable[Path], journal: Journal | None = None,
+        on_file_start: Callable[[Path], None] | None = None,
+        on_file_done: Callable[[FileResult], None] | None = None,
+        on_audio: Callable[[float], None] | None = None) -> RunSummary:
+    """Process files in order; skip those the journal has; record each as it finishes."""
+    summary = RunSummary(backend=detector.backend.name, chunk_s=detector.config.chunk_s)
+    start = time.perf_counter()
+    for path in files:
+        if on_file_start:
+            on_file_start(path)
+        out = output_path(path, detector.config.out_dir, detector.config.fmt)
+        if journal is not None and journal.is_done(path) and out.exists():
+            result = FileResult(path, "skipped", output=out)
+        else:
+            result = detector.process(path, on_audio)
+            if journal is not None:
+                journal.record(path, result.status, reason=result.reason, audio_s=result.audio_s,
+                               events=result.events)
+        summary.results.append(result)
+        if on_file_done:
+            on_file_done(result)
+    summary.wall_s = time.perf_counter() - start
+    if detector.parity is not None:
+        summary.parity = detector.parity.summary()
+    gpu = getattr(detector.backend, "peak_gpu_mb", None)
+    summary.peak_gpu_mb = gpu() if callable(gpu) else None
+    return summary

@@ -1,0 +1,60 @@
+"""Where models come from: the model shipped in the package, export folders, checkpoints.
+
+Torch-free. ``bmamba detect`` takes an export folder (``bmamba export``); with ``--backend torch``
+a training checkpoint folder works too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .manifest import MANIFEST, ManifestError, read_manifest
+
+DEFAULT_MODEL = "default"
+
+
+def default_model_dir() -> Path:
+    """The export folder shipped inside the package (``biomamba/models/default``)."""
+    folder = Path(str(resources.files("biomamba"))) / "models" / DEFAULT_MODEL
+    if not (folder / MANIFEST).is_file():
+        raise ManifestError(folder, "this install ships no default model; pass --model EXPORT_FOLDER "
+                                    "(made by `bmamba export CHECKPOINT`)")
+    return folder
+
+
+@dataclass(frozen=True)
+class CheckpointModel:
+    """The parts of a manifest that detect needs, for a training checkpoint run on torch."""
+
+    task: str
+    classes: tuple[str, ...]
+    thresholds: dict[str, float]
+    source_sha256: str
+    variant: str = "checkpoint"
+    precision: str = "fp32"
+    folder: Path | None = None
+
+
+def describe_model(path: str | os.PathLike | None, backend: str):
+    """(manifest-like description, folder, display name) of --model (None = the shipped model)."""
+    folder = default_model_dir() if path is None else Path(path)
+    if not folder.exists():
+        raise ManifestError(folder, "no such model folder")
+    name = DEFAULT_MODEL if path is None else folder.name
+    if (folder / MANIFEST).is_file():
+        return read_manifest(folder), folder, name
+    config = folder / "config.json"
+    if backend == "torch" and config.is_file():
+        from biomamba.checkpoint import file_sha256
+
+        cfg = json.loads(config.read_text())
+        classes = tuple(cfg.get("classes", ()))
+        return CheckpointModel(cfg.get("task", "detect"), classes, {c: 0.5 for c in classes},
+                               file_sha256(folder / "model.safetensors"), folder=folder), folder, name
+    hint = " (a training checkpoint: export it with `bmamba export`, or use --backend torch)" \
+        if config.is_file() else ""
+    raise ManifestError(folder, f"not an exported bmamba model (no {MANIFEST}){hint}")
