@@ -51,7 +51,10 @@ def expand_groups(bc: Tensor, n_heads: int) -> Tensor:
     groups = bc.shape[-2]
     if n_heads % groups:
         raise ValueError(f"heads ({n_heads}) must be a multiple of groups ({groups})")
-    return bc.repeat_interleave(n_heads // groups, dim=-2)
+    # A gather with a constant index, not repeat_interleave: the TorchScript ONNX exporter freezes
+    # the traced batch and time sizes into repeat_interleave's Tile, which breaks dynamic shapes.
+    group_of_head = torch.arange(n_heads, device=bc.device) // (n_heads // groups)
+    return bc.index_select(-2, group_of_head)
 
 
 def _initial_state(x: Tensor, n: int, state: Tensor | None) -> Tensor:

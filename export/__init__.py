@@ -1,0 +1,35 @@
+"""bmamba export: PyTorch model -> ONNX graphs (portable and plugin variants) -> TensorRT engines.
+
+    from biomamba.export import export_model, build_engine
+    folder = export_model("checkpoints/run1", "exported/run1", variant="portable", fp16=False)
+
+Names load lazily, so that the runtime can import ``biomamba.export.ort_custom_op`` (numpy,
+onnxruntime) without pulling in torch.
+"""
+
+_LAZY = {
+    "export_model": "onnx_export",
+    "ExportError": "onnx_export",
+    "check_graph": "onnx_export",
+    "graph_stats": "onnx_export",
+    "op_counts": "onnx_export",
+    "register_onnx_schema": "onnx_export",
+    "SUPPORTED_OPSETS": "onnx_export",
+    "VARIANTS": "onnx_export",
+    "register_ssd_op": "ort_custom_op",
+    "ort_compatible": "ort_custom_op",
+    "plugin_session": "ort_custom_op",
+    "CustomOpUnavailable": "ort_custom_op",
+    "build_engine": "trt_build",
+    "find_plugin_library": "trt_build",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"biomamba.export.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'biomamba.export' has no attribute {name!r}")

@@ -1,0 +1,125 @@
+"""The onnxruntime backend: an export folder run chunk by chunk with carried state (numpy only).
+
+    backend = OnnxBackend("exported/run1")                 # CPU; providers="cuda" for onnxruntime-gpu
+    runner = StreamRunner(backend.run_chunk, backend.initial_state(1), backend.manifest.chunk_frames)
+
+``run_chunk(block [B, 320*n + 80] float32, state) -> ({"logits": [B, n, C], "embeddings": [B, n, D]},
+new_state)`` is the interface every backend shares (``biomamba.streaming.StreamRunner``); the state
+is a dict of float32 arrays named as the graph inputs (``conv_state_0``, ``ssm_state_0``, ...).
+float16 exports take and return the same float32 arrays: the graphs cast inside, and outputs are
+returned as float32.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from .backends import BackendError
+from .manifest import Manifest, read_manifest
+
+State = dict[str, np.ndarray]
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendError("onnxruntime is not installed: pip install onnxruntime "
+                           "(or onnxruntime-gpu, via bmamba[gpu])") from None
+    return onnxruntime
+
+
+def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
+    """None/"cpu" -> CPU; "cuda" -> CUDA then CPU (error if onnxruntime has no CUDA); lists pass."""
+    ort = _onnxruntime()
+    if providers is None or providers == "cpu":
+        return ["CPUExecutionProvider"]
+    if providers == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendError("onnxruntime here has no CUDA support (CUDAExecutionProvider); "
+                               "install bmamba[gpu] (onnxruntime-gpu) in place of onnxruntime")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if isinstance(providers, str):
+        raise BackendError(f"unknown providers {providers!r}; use 'cpu', 'cuda' or a list of "
+                           "onnxruntime provider names")
+    return list(providers)
+
+
+def session_options(threads: int | None = None, spinning: bool = False):
+    """Options for a chunked run: all graph optimisations, sequential execution, ``threads`` intra-op.
+
+    Spinning is off by default: a chunk is one long call, so waking threads costs nothing
+    measurable, and idle spinning burns a field device's battery (and other processes' CPU).
+    """
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        if threads < 1:
+            raise BackendError(f"threads must be >= 1, got {threads}")
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.log_severity_level = 3          # errors only: no warnings about unused initializers
+    return options
+
+
+class OnnxBackend:
+    """Both graphs of an export folder on onnxruntime, with the carried-state interface."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_dir: str | os.PathLike, *, providers: str | Sequence[str] | None = None,
+                 threads: int | None = None, spinning: bool = False):
+        ort = _onnxruntime()
+        self.manifest: Manifest = read_manifest(model_dir)
+        self.providers = resolve_providers(providers)
+        if self.providers[0] == "CUDAExecutionProvider":
+            self.name = "onnxruntime-cuda"
+        options = session_options(threads, spinning)
+        try:
+            self.frontend = ort.InferenceSession(str(self.manifest.graph_path("frontend")), options,
+                                                 providers=self.providers)
+            if self.manifest.variant == "plugin":
+                from biomamba.export.ort_custom_op import CustomOpUnavailable, plugin_session
+
+                try:
+                    self.mamba = plugin_session(self.manifest.graph_path("mamba"), options, self.providers,
+                                                fp16=self.manifest.precision == "fp16")
+                except CustomOpUnavailable as e:
+                    raise BackendError(f"{model_dir}: {e}") from None
+            else:
+                self.mamba = ort.InferenceSession(str(self.manifest.graph_path("mamba")), options,
+                                                  providers=self.providers)
+        except (ort.capi.onnxruntime_pybind11_state.Fail,
+                ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+                ort.capi.onnxruntime_pybind11_state.NoSuchFile) as e:
+            raise BackendError(f"{model_dir}: onnxruntime cannot load the graphs ({e})") from None
+        self._outputs = list(self.manifest.outputs)
+        self._fetch = self._outputs + [s.output_name for s in self.manifest.states]
+        graph_inputs = {i.name for i in self.mamba.get_inputs()}
+        expected = {"frames", *(s.name for s in self.manifest.states)}
+        if graph_inputs != expected:
+            raise BackendError(f"{model_dir}: mamba graph inputs {sorted(graph_inputs)} do not match "
+                               "the manifest's states")
+
+    def initial_state(self, batch: int = 1) -> State:
+        """Zero state for ``batch`` streams: float32 arrays shaped as in the manifest."""
+        return {s.name: np.zeros(s.concrete_shape(batch), np.float32) for s in self.manifest.states}
+
+    def run_chunk(self, block: np.ndarray, state: State) -> tuple[dict[str, np.ndarray], State]:
+        """block [B, 320*n + 80] float32 (n >= 1) -> ({"logits", "embeddings"...: [B, n, ...]}, state)."""
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        hop, context = self.manifest.hop, self.manifest.context
+        if block.ndim != 2 or block.shape[1] < hop + context or (block.shape[1] - context) % hop:
+            raise ValueError(f"block must be [batch, 320*n + 80] samples with n >= 1, got {block.shape}")
+        frames = self.frontend.run(["frames"], {"audio": block})[0]
+        results = self.mamba.run(self._fetch, {"frames": frames, **state})
+        n_out = len(self._outputs)
+        outputs = {name: np.asarray(v, np.float32) for name, v in zip(self._outputs, results[:n_out])}
+        new_state = {s.name: v for s, v in zip(self.manifest.states, results[n_out:])}
+        return outputs, new_state
