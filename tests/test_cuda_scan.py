@@ -1,0 +1,205 @@
+"""The ctypes binding runtime/cuda_scan.py: finding the libraries, the numpy path on the CPU twin,
+argument checks; and, on a machine with CUDA and the built library, the kernels themselves
+against biomamba.ssd (skipped with a reason elsewhere)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from biomamba.runtime import cuda_scan
+from biomamba.ssd import ssd_recurrent, ssd_step
+
+REPO = Path(__file__).resolve().parents[1]
+CSRC = REPO / "runtime" / "csrc"
+
+
+@pytest.fixture(scope="module")
+def twin_dir(tmp_path_factory) -> Path:
+    """A folder holding a freshly compiled libbmamba_ssd_cpu.so."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ absent")
+    folder = tmp_path_factory.mktemp("lib")
+    subprocess.run(["g++", "-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-o",
+                    str(folder / "libbmamba_ssd_cpu.so"), str(CSRC / "ssd_scan_cpu.cpp")], check=True)
+    return folder
+
+
+@pytest.fixture
+def twin(twin_dir, monkeypatch):
+    monkeypatch.setenv(cuda_scan.LIB_ENV, str(twin_dir))
+    cuda_scan.load_library.cache_clear()
+    yield
+    cuda_scan.load_library.cache_clear()
+
+
+def random_inputs(rng, batch, length, heads, headdim, groups, nstate, dtype=np.float32):
+    x = rng.standard_normal((batch, length, heads, headdim)).astype(dtype)
+    dt = (rng.standard_normal((batch, length, heads)) - 3).astype(dtype)
+    A = -rng.uniform(0.05, 1.0, heads).astype(np.float32)
+    B = rng.standard_normal((batch, length, groups, nstate)).astype(dtype)
+    C = rng.standard_normal((batch, length, groups, nstate)).astype(dtype)
+    D = rng.standard_normal(heads).astype(np.float32)
+    dt_bias = rng.standard_normal(heads).astype(np.float32)
+    state = rng.standard_normal((batch, heads, headdim, nstate)).astype(np.float32)
+    return x, dt, A, B, C, D, dt_bias, state
+
+
+def oracle(*arrays):
+    """ssd_recurrent in float64."""
+    return ssd_recurrent(*(None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64))
+                           for a in arrays))
+
+
+def rel_err(got, ref) -> float:
+    got = np.asarray(got, dtype=np.float64)
+    ref = ref.double().cpu().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref, np.float64)
+    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+# ---- finding the libraries ----------------------------------------------------------------------
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, biomamba.runtime.cuda_scan; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_library_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(cuda_scan, "library_candidates", lambda kind="cuda": [tmp_path / "nope.so"])
+    monkeypatch.setattr(cuda_scan.ctypes.util, "find_library", lambda name: None)
+    with pytest.raises(cuda_scan.SSDLibraryNotFoundError, match=r"cmake -S \. -B build && cmake --build build"):
+        cuda_scan.find_library("cuda")
+    with pytest.raises(ValueError, match="kind"):
+        cuda_scan.find_library("rocm")
+
+
+def test_env_var_may_name_the_file_or_its_folder(twin_dir, monkeypatch):
+    monkeypatch.setenv(cuda_scan.LIB_ENV, str(twin_dir))
+    assert cuda_scan.library_candidates("cpu")[0] == twin_dir / "libbmamba_ssd_cpu.so"
+    monkeypatch.setenv(cuda_scan.LIB_ENV, str(twin_dir / "libbmamba_ssd.so"))  # the CUDA one: look beside it
+    assert cuda_scan.library_candidates("cpu")[0] == twin_dir / "libbmamba_ssd_cpu.so"
+    assert cuda_scan.library_candidates("cuda")[0] == twin_dir / "libbmamba_ssd.so"
+    assert REPO / "build" / "libbmamba_ssd.so" in cuda_scan.library_candidates("cuda")
+
+
+def test_library_info(twin, twin_dir):
+    info = cuda_scan.library_info("cpu")
+    assert info["version"] == "1" and Path(info["path"]) == twin_dir / "libbmamba_ssd_cpu.so"
+
+
+# ---- the numpy path on the CPU twin ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 8, 16, 2, 16), (1, 1, 4, 32, 1, 64), (1, 25, 3, 7, 3, 9)])
+def test_scan_cpu_matches_the_recurrence(twin, shape):
+    inputs = random_inputs(np.random.default_rng(0), *shape)
+    ref_y, ref_state = oracle(*inputs)
+    y, state = cuda_scan.ssd_scan_cpu(*inputs)
+    assert y.dtype == np.float32 and y.shape == inputs[0].shape
+    assert state.dtype == np.float32 and state.shape == inputs[-1].shape
+    assert rel_err(y, ref_y) <= 1e-5 and rel_err(state, ref_state) <= 1e-5
+    y, state = cuda_scan.ssd_scan_cpu(*inputs[:-1])  # no initial state: zeros
+    ref_y, ref_state = oracle(*inputs[:-1], None)
+    assert rel_err(y, ref_y) <= 1e-5 and rel_err(state, ref_state) <= 1e-5
+
+
+def test_scan_cpu_float16_io(twin):
+    inputs = random_inputs(np.random.default_rng(1), 2, 30, 4, 16, 2, 16, dtype=np.float16)
+    y, state = cuda_scan.ssd_scan_cpu(*inputs)
+    assert y.dtype == np.float16 and state.dtype == np.float32
+    ref_y, ref_state = oracle(*inputs)
+    assert rel_err(state, ref_state) <= 1e-5
+    assert np.abs(y.astype(np.float64) - ref_y.numpy()).max() <= 2.0**-10 * ref_y.abs().max().item()
+
+
+def test_forced_segments(twin):
+    inputs = random_inputs(np.random.default_rng(2), 1, 90, 2, 8, 1, 8)
+    ref_y, ref_state = oracle(*inputs)
+    for n_segments in (1, 4, 9):
+        y, state = cuda_scan.ssd_scan_cpu(*inputs, n_segments=n_segments)
+        assert rel_err(y, ref_y) <= 1e-5 and rel_err(state, ref_state) <= 1e-5
+    assert cuda_scan.plan_segments(1, 100_000, 2, 8, 1, 8) > 1
+    assert cuda_scan.plan_segments(1, 100, 2, 8, 1, 8) == 1
+
+
+def test_step_cpu_matches_ssd_step(twin):
+    x, dt, A, B, C, D, dt_bias, state = random_inputs(np.random.default_rng(3), 2, 1, 6, 16, 3, 32)
+    args = (x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, dt_bias, state)
+    ref_y, ref_state = ssd_step(*(torch.from_numpy(a.astype(np.float64)) for a in args))
+    y, new_state = cuda_scan.ssd_step_cpu(*args)
+    assert y.shape == (2, 6, 16)
+    assert rel_err(y, ref_y) <= 1e-5 and rel_err(new_state, ref_state) <= 1e-5
+
+
+def test_bad_arguments_raise_clear_errors(twin):
+    x, dt, A, B, C, D, dt_bias, state = random_inputs(np.random.default_rng(4), 1, 5, 4, 8, 2, 8)
+    with pytest.raises(cuda_scan.SSDShapeError, match="dt must have shape"):
+        cuda_scan.ssd_scan_cpu(x, dt[:, :4], A, B, C, D, dt_bias)
+    with pytest.raises(cuda_scan.SSDShapeError, match="initial_state must have shape"):
+        cuda_scan.ssd_scan_cpu(x, dt, A, B, C, D, dt_bias, state[..., :4])
+    with pytest.raises(cuda_scan.SSDShapeError, match="must divide"):
+        cuda_scan.ssd_scan_cpu(x[:, :, :3], dt[:, :, :3], A[:3], B, C, D[:3], dt_bias[:3])
+    with pytest.raises(cuda_scan.SSDShapeError, match="x's dtype"):
+        cuda_scan.ssd_scan_cpu(x, dt.astype(np.float16), A, B, C, D, dt_bias)
+    with pytest.raises(cuda_scan.SSDShapeError, match="float32 or float16"):
+        cuda_scan.ssd_scan_cpu(*(a.astype(np.float64) for a in (x, dt, A, B, C, D, dt_bias)))
+    with pytest.raises(cuda_scan.SSDShapeError, match="at most 256"):
+        big = random_inputs(np.random.default_rng(4), 1, 2, 1, 4, 1, 257)
+        cuda_scan.ssd_scan_cpu(*big)
+    with pytest.raises(cuda_scan.SSDKernelError, match="65535") as failure:  # from the C side
+        cuda_scan.ssd_scan_cpu(x, dt, A, B, C, D, dt_bias, n_segments=70_000)
+    assert failure.value.code == 3
+
+
+# ---- the CUDA kernels (need a GPU and the built library) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cuda_lib():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device (torch.cuda.is_available() is False)")
+    ok, why = cuda_scan.cuda_available()
+    if not ok:
+        pytest.skip(f"CUDA scan library unavailable: {why}")
+
+
+def cuda_inputs(seed, shape, dtype=torch.float32):
+    arrays = random_inputs(np.random.default_rng(seed), *shape)
+    tensors = [torch.from_numpy(a).cuda() for a in arrays]
+    for i in (0, 1, 3, 4):  # x, dt, B, C in the I/O dtype
+        tensors[i] = tensors[i].to(dtype)
+    return tensors
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(2, 300, 8, 16, 2, 16), (1, 200, 12, 32, 1, 32), (2, 100, 24, 64, 1, 128),
+                                   (1, 1, 4, 64, 1, 128), (1, 50, 2, 256, 2, 256)])
+def test_cuda_scan_matches_the_recurrence(cuda_lib, shape):
+    inputs = cuda_inputs(0, shape)
+    ref_y, ref_state = ssd_recurrent(*(t.double() for t in inputs))
+    y, state = cuda_scan.ssd_scan_cuda(*inputs)
+    assert rel_err(y.cpu(), ref_y) <= 1e-5 and rel_err(state.cpu(), ref_state) <= 1e-5
+
+
+@pytest.mark.gpu
+def test_cuda_segments_float16_and_step(cuda_lib):
+    inputs = cuda_inputs(1, (1, 4000, 2, 16, 1, 16))
+    ref_y, ref_state = ssd_recurrent(*(t.double() for t in inputs))
+    for n_segments in (0, 1, 5):
+        y, state = cuda_scan.ssd_scan_cuda(*inputs, n_segments=n_segments)
+        assert rel_err(y.cpu(), ref_y) <= 1e-5 and rel_err(state.cpu(), ref_state) <= 1e-5
+    half = cuda_inputs(2, (2, 64, 8, 16, 2, 16), dtype=torch.float16)
+    ref_y, ref_state = ssd_recurrent(*(t.double() for t in half))
+    y, state = cuda_scan.ssd_scan_cuda(*half)
+    assert y.dtype == torch.float16 and rel_err(state.cpu(), ref_state) <= 1e-5
+    x, dt, A, B, C, D, dt_bias, state0 = cuda_inputs(3, (2, 1, 8, 16, 2, 16))
+    y, new_state = cuda_scan.ssd_step_cuda(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, dt_bias, state0)
+    ref_y, ref_state = ssd_step(*(t.double() for t in (x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, dt_bias, state0)))
+    assert rel_err(y.cpu(), ref_y) <= 1e-5 and rel_err(new_state.cpu(), ref_state) <= 1e-5
