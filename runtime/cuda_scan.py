@@ -215,10 +215,11 @@ def _io_dtype_numpy(x, dt, B, C) -> np.dtype:
     return dtype
 
 
-def ssd_scan_cpu(x, dt, A, B, C, D, dt_bias, initial_state=None, n_segments: int = 0):
+def ssd_scan_cpu(x, dt, A, B, C, D, dt_bias, initial_state=None, n_segments: int = 0, out=None):
     """The scan on the CPU twin. numpy arrays; returns (y [B, T, H, P] in x's dtype, final_state
     [B, H, P, N] float32). ``n_segments``: 0 = the GPU's automatic plan (for a 132-SM GPU), k > 0 =
-    force k time segments (to test the segmented path)."""
+    force k time segments (to test the segmented path). ``out``: (y, final_state) arrays to write
+    into (C-contiguous; final_state may be initial_state itself, for an in-place update)."""
     lib = load_library("cpu")
     x, dt, B, C = (np.asarray(v) for v in (x, dt, B, C))
     dtype = _io_dtype_numpy(x, dt, B, C)
@@ -226,8 +227,15 @@ def ssd_scan_cpu(x, dt, A, B, C, D, dt_bias, initial_state=None, n_segments: int
     x, dt, B, C = (np.ascontiguousarray(v) for v in (x, dt, B, C))
     A, D, dt_bias = (np.ascontiguousarray(v, dtype=np.float32) for v in (A, D, dt_bias))
     state = None if initial_state is None else np.ascontiguousarray(initial_state, dtype=np.float32)
-    y = np.empty_like(x)
-    final = np.empty((batch, heads, headdim, nstate), dtype=np.float32)
+    if out is None:
+        y = np.empty_like(x)
+        final = np.empty((batch, heads, headdim, nstate), dtype=np.float32)
+    else:
+        y, final = out
+        _check_out(y, x.shape, x.dtype, "y")
+        _check_out(final, (batch, heads, headdim, nstate), np.dtype(np.float32), "final_state")
+        if not (y.flags.c_contiguous and final.flags.c_contiguous):
+            raise SSDShapeError("out arrays must be C-contiguous")
 
     def ptr(a):
         return None if a is None else a.ctypes.data
@@ -239,6 +247,11 @@ def ssd_scan_cpu(x, dt, A, B, C, D, dt_bias, initial_state=None, n_segments: int
     )
     _check_code(lib, "_cpu", code, "bmamba_ssd_scan_ex_cpu")
     return y, final
+
+
+def _check_out(arr, shape, dtype, name: str) -> None:
+    if tuple(arr.shape) != tuple(shape) or arr.dtype != dtype:
+        raise SSDShapeError(f"out {name} must be {dtype} of shape {tuple(shape)}, got {arr.dtype} {tuple(arr.shape)}")
 
 
 def ssd_step_cpu(x, dt, A, B, C, D, dt_bias, state=None):
@@ -260,11 +273,12 @@ def plan_segments(batch: int, length: int, heads: int, headdim: int, groups: int
 # ---- the CUDA kernels on torch tensors -----------------------------------------------------------
 
 
-def ssd_scan_cuda(x, dt, A, B, C, D, dt_bias, initial_state=None, n_segments: int = 0):
+def ssd_scan_cuda(x, dt, A, B, C, D, dt_bias, initial_state=None, n_segments: int = 0, out=None):
     """The scan on the GPU. torch CUDA tensors on one device; x, dt, B, C float32 or float16 (one
     dtype), A, D, dt_bias, initial_state float32 (others are converted). Runs on the current stream
     of x's device. Returns (y [B, T, H, P] in x's dtype, final_state [B, H, P, N] float32).
-    ``n_segments``: 0 = automatic, k > 0 = force k time segments."""
+    ``n_segments``: 0 = automatic, k > 0 = force k time segments. ``out``: (y, final_state) tensors
+    to write into (contiguous, on x's device; final_state may be initial_state, for in place)."""
     import torch  # lazily: the runtime stays torch-free
 
     lib = load_library("cuda")
@@ -284,10 +298,17 @@ def ssd_scan_cuda(x, dt, A, B, C, D, dt_bias, initial_state=None, n_segments: in
     batch, length, heads, headdim, groups, nstate = check_shapes(x, dt, A, B, C, D, dt_bias, initial_state)
     x, dt, B, C = (t.contiguous() for t in (x, dt, B, C))
     A, D, dt_bias = (t.to(torch.float32).contiguous() for t in (A, D, dt_bias))
-    if initial_state is not None:
+    if initial_state is not None:  # the tensor itself when already float32 and contiguous
         initial_state = initial_state.to(torch.float32).contiguous()
-    y = torch.empty_like(x)
-    final = torch.empty(batch, heads, headdim, nstate, dtype=torch.float32, device=x.device)
+    if out is None:
+        y = torch.empty_like(x)
+        final = torch.empty(batch, heads, headdim, nstate, dtype=torch.float32, device=x.device)
+    else:
+        y, final = out
+        _check_out(y, x.shape, x.dtype, "y")
+        _check_out(final, (batch, heads, headdim, nstate), torch.float32, "final_state")
+        if not (y.is_contiguous() and final.is_contiguous()) or y.device != x.device or final.device != x.device:
+            raise SSDShapeError(f"out tensors must be contiguous and on {x.device}")
     with torch.cuda.device(x.device):
         sizes = (batch, length, heads, headdim, groups, nstate)
         ws_bytes = int(lib.bmamba_ssd_workspace_size(*sizes, int(n_segments)))

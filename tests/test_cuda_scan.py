@@ -4,6 +4,7 @@ against biomamba.ssd (skipped with a reason elsewhere)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -138,6 +139,18 @@ def test_step_cpu_matches_ssd_step(twin):
     assert rel_err(y, ref_y) <= 1e-5 and rel_err(new_state, ref_state) <= 1e-5
 
 
+def test_out_buffers_and_in_place_state(twin):
+    inputs = random_inputs(np.random.default_rng(5), 2, 20, 4, 8, 2, 8)
+    ref_y, ref_state = oracle(*inputs)
+    state = inputs[-1].copy()
+    y = np.full_like(inputs[0], np.nan)
+    got_y, got_state = cuda_scan.ssd_scan_cpu(*inputs[:-1], state, out=(y, state))
+    assert got_y is y and got_state is state
+    assert rel_err(y, ref_y) <= 1e-5 and rel_err(state, ref_state) <= 1e-5
+    with pytest.raises(cuda_scan.SSDShapeError, match="out y"):
+        cuda_scan.ssd_scan_cpu(*inputs, out=(y[:, :3], state))
+
+
 def test_bad_arguments_raise_clear_errors(twin):
     x, dt, A, B, C, D, dt_bias, state = random_inputs(np.random.default_rng(4), 1, 5, 4, 8, 2, 8)
     with pytest.raises(cuda_scan.SSDShapeError, match="dt must have shape"):
@@ -156,6 +169,18 @@ def test_bad_arguments_raise_clear_errors(twin):
     with pytest.raises(cuda_scan.SSDKernelError, match="65535") as failure:  # from the C side
         cuda_scan.ssd_scan_cpu(x, dt, A, B, C, D, dt_bias, n_segments=70_000)
     assert failure.value.code == 3
+
+
+def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: scripts/gpu_check.sh runs the real checks")
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA device" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["status"] == "no_cuda" and "no CUDA device" in report["message"]
 
 
 # ---- the CUDA kernels (need a GPU and the built library) ----------------------------------------
