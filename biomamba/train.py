@@ -1,0 +1,335 @@
+"""`bmamba train`: fine-tune for clip classification or frame-level detection.
+
+- classify: clips with one label (a folder per class, or a BEANS CSV); the model's clip logits
+  (frame logits mean-pooled over the clip, or attention-pooled) against the label, cross-entropy.
+  Training clips are random crops of ``crop_s`` (zero-padded when shorter); validation clips the
+  centred crop. Validation metric: accuracy (BEANS's), macro-F1 reported too.
+- detect: fixed windows of annotated recordings (a BEANS JSONL, or a folder of recordings with
+  Raven/Audacity tables), BEANS's windows; per-frame binary cross-entropy of the frame logits
+  against the 20 ms frame targets (`biomamba.data.frame_targets`), on the frames that hold audio.
+  Validation metric: BEANS mAP over windows, a window scored by its largest frame probability.
+
+Models start from a preset (random init) or from ``init``, any bmamba checkpoint (a pre-training
+run's encoder included): its encoder weights are loaded and, when the task or classes differ, a
+new head is made. The convolutional front end is frozen by default (as in the paper, and as
+wav2vec2/HuBERT fine-tuning freeze their feature encoder): its conv layers get no gradient and
+stay in eval mode; the projection to d_model (LayerNorm + Linear) still trains.
+
+Without ``valid``, ``valid_fraction`` of the recordings is held out, chosen with the seed:
+classification per class; detection by recording, or, with a single recording, its last
+``valid_fraction`` of windows (windows overlapping the boundary are dropped).
+
+The loop, checkpoints, resume, DDP and NaN guard are `biomamba.trainutil`'s.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from . import trainutil as tu
+from .checkpoint import CheckpointError, load_weights
+from .data import ClassificationDataset, collate_padded
+from .evaluate import (
+    CheckedDetectionDataset,
+    classification_items,
+    classification_scores,
+    classify_batches,
+    detection_scores,
+    infer_task,
+    window_batches,
+)
+from .model import AudioModel, BioMamba
+from .pretrain import BidirectionalBioMamba
+from .transformer import TransformerBaseline
+
+# biomamba-bidirectional: the pre-training teacher, not streamable, for offline comparisons only
+ARCHITECTURES: dict[str, type[AudioModel]] = {"biomamba": BioMamba, "transformer": TransformerBaseline,
+                                              "biomamba-bidirectional": BidirectionalBioMamba}
+HEAD_PREFIXES = ("head.", "attention.")
+# args.json keys that must not change when a run is resumed
+RESUME_KEYS = ("data", "task", "preset", "architecture", "batch_size", "seed", "crop_s", "window_s",
+               "hop_s", "valid", "valid_fraction", "pooling", "freeze_frontend")
+
+
+@dataclass
+class TrainConfig:
+    """Arguments of `train` (the CLI's options, same names). Durations in seconds."""
+
+    data: Path
+    out: Path = Path("bmamba-train")
+    task: str | None = None              # None: from the data (see evaluate.infer_task)
+    valid: Path | None = None
+    valid_fraction: float = 0.2
+    preset: str = "base"
+    architecture: str | None = None      # None: biomamba, or the init checkpoint's
+    init: Path | None = None
+    freeze_frontend: bool = True
+    pooling: str = "mean"
+    epochs: int = 50                     # BEANS
+    max_steps: int | None = None
+    batch_size: int = 32                 # BEANS
+    lr: float = 1e-4                     # BEANS picks from {1e-5, 5e-5, 1e-4} on validation
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float | None = 10.0
+    crop_s: float | None = 5.0
+    window_s: float = 2.0                # BEANS dcase / enabirds
+    hop_s: float = 1.0
+    unknown_label: str | None = None
+    label_column: str | None = None
+    device: str = "auto"
+    amp: str = "auto"
+    workers: int = 0
+    seed: int = 0
+    resume: bool = False
+
+
+class _Subset(Dataset):
+    """Some items of a dataset, forwarding set_epoch (torch's Subset does not)."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _held_out(n: int, fraction: float) -> int:
+    """How many of n to hold out: round(fraction * n), at least 1 and at most n - 1 when n >= 2."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(n - 1, max(1, round(fraction * n)))
+
+
+def split_classification(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, valid) item indices: per class, a seeded random ``fraction`` of its recordings."""
+    rng = np.random.default_rng(seed)
+    train, valid = [], []
+    for c in sorted(set(labels)):
+        idx = [i for i, y in enumerate(labels) if y == c]
+        idx = [idx[j] for j in rng.permutation(len(idx))]
+        k = _held_out(len(idx), fraction)
+        valid += idx[:k]
+        train += idx[k:]
+    return sorted(train), sorted(valid)
+
+
+def split_detection(dataset: CheckedDetectionDataset, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, valid) window indices: whole recordings held out (seeded); a single recording is
+    split by position (its last ``fraction`` of windows; those crossing the boundary dropped)."""
+    paths = sorted({str(w.path) for w in dataset.windows})
+    if len(paths) >= 2:
+        rng = np.random.default_rng(seed)
+        held = {paths[j] for j in rng.permutation(len(paths))[: _held_out(len(paths), fraction)]}
+        valid = [i for i, w in enumerate(dataset.windows) if str(w.path) in held]
+        return [i for i, w in enumerate(dataset.windows) if str(w.path) not in held], valid
+    if fraction <= 0:
+        return list(range(len(dataset.windows))), []
+    length = dataset.windows[0].length_s
+    boundary = length * (1 - fraction)
+    train = [i for i, w in enumerate(dataset.windows) if w.start_s + dataset.window_s <= boundary]
+    valid = [i for i, w in enumerate(dataset.windows) if w.start_s >= boundary]
+    if not train or not valid:
+        raise ValueError(f"{dataset.windows[0].path}: too short to hold out {fraction:.0%} for "
+                         "validation by position; pass --valid or --valid-fraction 0")
+    return train, valid
+
+
+def build_datasets(cfg: TrainConfig, task: str):
+    """(train dataset, valid dataset or None, classes, notes) for a config."""
+    notes = []
+    if task == "classify":
+        items, bad = classification_items(Path(cfg.data))
+        notes += [f"skipped unreadable {p}: {r}" for p, r in bad]
+        if not items:
+            raise ValueError(f"{cfg.data}: no readable recordings ({len(bad)} unreadable)")
+
+        def make(listing, train: bool, classes=None):
+            return ClassificationDataset(listing, classes=classes, unknown_label=cfg.unknown_label,
+                                         crop_s=cfg.crop_s, train=train, seed=cfg.seed)
+
+        full_train = make(items, True)
+        classes = full_train.classes
+        if cfg.valid is not None:
+            v_items, v_bad = classification_items(Path(cfg.valid))
+            notes += [f"skipped unreadable {p}: {r}" for p, r in v_bad]
+            valid = make(v_items, False, classes)
+            if valid.classes != classes:
+                raise ValueError(f"{cfg.valid}: labels not in the training classes {classes}")
+            return full_train, valid, classes, notes
+        train_idx, valid_idx = split_classification([y for _, y in full_train.items], cfg.valid_fraction, cfg.seed)
+        valid = _Subset(make(items, False, classes), valid_idx) if valid_idx else None
+        return _Subset(full_train, train_idx), valid, classes, notes
+
+    def make_det(source, train: bool, classes=None):
+        ds = CheckedDetectionDataset(Path(source), window_s=cfg.window_s, hop_s=cfg.hop_s, classes=classes,
+                                     unknown_label=cfg.unknown_label, label_column=cfg.label_column,
+                                     train=train, seed=cfg.seed)
+        notes.extend(f"skipped unreadable {p}: {r}" for p, r in ds.unreadable)
+        notes.extend(f"skipped {p}: no annotation table next to it" for p in ds.skipped)
+        return ds
+
+    full_train = make_det(cfg.data, True)
+    classes = full_train.classes
+    if cfg.valid is not None:
+        return full_train, make_det(cfg.valid, False, classes), classes, notes
+    train_idx, valid_idx = split_detection(full_train, cfg.valid_fraction, cfg.seed)
+    valid = _Subset(make_det(cfg.data, False, classes), valid_idx) if valid_idx else None
+    return _Subset(full_train, train_idx), valid, classes, notes
+
+
+# --------------------------------------------------------------------------- model
+
+
+def model_from_init(path: str | Path, task: str, classes: list[str], pooling: str = "mean",
+                    architecture: str | None = None) -> AudioModel:
+    """A model for ``task``/``classes`` whose encoder (front end and layers) comes from checkpoint
+    ``path`` (a checkpoint or run folder; a pre-training run's encoder included). The head is kept
+    when task, classes and pooling are the same, else made new. A bidirectional pre-training
+    teacher initialises a causal BioMamba from its forward branch. Raises CheckpointError."""
+    source = tu.load_model_from(path)
+    folder = tu.resolve_checkpoint(path)
+    arch = architecture or ("biomamba" if source.architecture == "biomamba-bidirectional" else source.architecture)
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(folder, f"cannot fine-tune a {arch!r} model")
+    model = ARCHITECTURES[arch](source.config, task, classes, pooling, preset=source.preset)
+    same_head = (source.task, source.classes, source.pooling) == (task, list(classes), pooling)
+    weights = {k: v for k, v in source.state_dict().items() if same_head or not k.startswith(HEAD_PREFIXES)}
+    own = model.state_dict()
+    wrong = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in weights and not k.startswith(HEAD_PREFIXES)]
+    if wrong or missing:
+        raise CheckpointError(folder, f"its {source.architecture} encoder does not fit a {arch} model "
+                                      f"(missing {missing[:3]}, other shapes {wrong[:3]})")
+    model.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
+    return model
+
+
+def build_model(cfg: TrainConfig, task: str, classes: list[str]) -> AudioModel:
+    if cfg.init is not None:
+        return model_from_init(cfg.init, task, classes, cfg.pooling, cfg.architecture)
+    arch = cfg.architecture or "biomamba"
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch].from_preset(cfg.preset, task=task, classes=classes, pooling=cfg.pooling)
+
+
+def freeze_frontend(model: AudioModel) -> None:
+    """No gradient for the front end's conv layers (they also stay in eval mode: see train_mode)."""
+    model.frontend.conv.requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def classification_loss(net, batch: dict, state) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy of the clip logits. batch: collate_padded classification batch."""
+    logits = net(batch["audio"], batch["lengths"])["clip_logits"].float()
+    loss = F.cross_entropy(logits, batch["labels"])
+    return loss, {"acc": float((logits.argmax(-1) == batch["labels"]).float().mean())}
+
+
+def detection_loss(net, batch: dict, state) -> tuple[torch.Tensor, dict]:
+    """Frame-level BCE averaged over the frames that hold audio and over classes."""
+    logits = net(batch["audio"], batch["lengths"])["frame_logits"].float()
+    mask = (torch.arange(logits.shape[1], device=logits.device)[None, :]
+            < batch["frame_lengths"][:, None]).to(logits.dtype)[..., None]
+    bce = F.binary_cross_entropy_with_logits(logits, batch["frame_targets"], reduction="none")
+    return (bce * mask).sum() / (mask.sum() * logits.shape[-1]).clamp(min=1), {}
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Fine-tune as the module docstring says; checkpoints in ``cfg.out`` (see trainutil).
+
+    Returns {"out", "best", "last", "best_metric", "metric", "epochs", "steps", "notes"}.
+    Raises ValueError (bad arguments or data), CheckpointError (bad --init), TrainingError
+    (NaN loss, interrupt: last/ saved).
+    """
+    cfg = TrainConfig(**{**asdict(cfg), "data": Path(cfg.data), "out": Path(cfg.out)})
+    if cfg.task is not None and cfg.task not in ("classify", "detect"):
+        raise ValueError(f"unknown task {cfg.task!r}; choose classify or detect")
+    if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
+        raise ValueError("batch size, epochs and learning rate must be positive")
+    if not 0 <= cfg.valid_fraction < 1:
+        raise ValueError(f"--valid-fraction must be in [0, 1), got {cfg.valid_fraction}")
+    dist, device = tu.setup_distributed(cfg.device)
+    try:
+        run = tu.Run(device, tu.select_amp(cfg.amp, device), dist)
+        task = cfg.task or infer_task(cfg.data)
+        args = {**asdict(cfg), "task": task}
+        tu.prepare_out(cfg.out, cfg.resume, args, dist, RESUME_KEYS)
+        train_set, valid_set, classes, notes = build_datasets(cfg, task)
+        for note in notes:
+            tu.echo(dist, f"bmamba: {note}")
+        tu.seed_everything(cfg.seed)
+        model = build_model(cfg, task, classes).to(device)
+        if cfg.freeze_frontend:
+            freeze_frontend(model)
+        optimizer = torch.optim.Adam(tu.parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, tu.WarmupDecay(cfg.warmup_steps, None))
+        metric = "accuracy" if task == "classify" else "map"
+        training_info = {"task": task, "data": str(cfg.data), "crop_s": cfg.crop_s, "window_s": cfg.window_s,
+                         "hop_s": cfg.hop_s, "unknown_label": cfg.unknown_label, "seed": cfg.seed}
+
+        def train_mode() -> None:
+            model.train()
+            if cfg.freeze_frontend:
+                model.frontend.conv.eval()
+
+        def save(folder: Path, info: dict) -> None:
+            model.save(folder, training={**training_info, **info})
+
+        def load(folder: Path) -> None:
+            model.load_state_dict(load_weights(folder, device="cpu"))
+
+        validate = None
+        if valid_set is not None:
+            loader = DataLoader(valid_set, batch_size=cfg.batch_size, collate_fn=collate_padded,
+                                num_workers=cfg.workers)
+
+            def validate() -> dict:
+                if task == "classify":
+                    labels, probs, loss = classify_batches(model, loader, run)
+                    scores = classification_scores(labels, probs, classes)
+                    return {"loss": loss, "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+                scores, targets, loss = window_batches(model, loader, run)
+                return {"loss": loss, "map": detection_scores(scores, targets, classes)["map"]}
+
+        loop = tu.LoopConfig(out=cfg.out, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                             max_steps=cfg.max_steps, workers=cfg.workers, grad_clip=cfg.grad_clip,
+                             metric=metric if valid_set is not None else None, resume=cfg.resume)
+        tu.echo(dist, f"bmamba train: {task}, {len(classes)} classes, {len(train_set)} training items, "
+                      f"{len(valid_set) if valid_set is not None else 0} validation items, "
+                      f"{model.num_parameters():,} parameters, {device}, amp {run.amp}, "
+                      f"{dist.world_size} process(es)")
+        started = time.time()
+        state = tu.fit(run, loop, model, optimizer, scheduler, train_set, collate_padded,
+                       classification_loss if task == "classify" else detection_loss,
+                       save, load, validate, train_mode,
+                       items_per_batch=lambda b: float(b["lengths"].sum()) / 16000.0)
+        return {"out": str(cfg.out), "last": str(cfg.out / tu.LAST),
+                "best": str(cfg.out / tu.BEST) if state.best_epoch else None,
+                "metric": metric, "best_metric": state.best_metric, "best_epoch": state.best_epoch,
+                "epochs": state.epoch, "steps": state.global_step, "seconds": time.time() - started,
+                "notes": notes}
+    finally:
+        tu.teardown_distributed(dist)

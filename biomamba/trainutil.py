@@ -1,0 +1,695 @@
+"""What `bmamba train` and `bmamba pretrain` share: devices and AMP, DDP, seeding, checkpoints
+with resumable state, the NaN guard, the progress bar, and the training loop itself (`fit`).
+
+A run folder (``--out``) holds:
+
+- ``last/``: the latest checkpoint (written by the caller's ``save`` callback: weights via
+  safetensors + config.json) plus ``training_state.pt`` (optimizer, scheduler, grad scaler, RNG
+  states, loop counters), written each epoch, every ``save_every`` steps, and on interrupt;
+- ``best/``: the checkpoint of the best validation metric so far (when there is validation);
+- ``log.jsonl``: one JSON line per epoch (losses, metrics, learning rate, seconds);
+- ``args.json``: the arguments of the run.
+
+A checkpoint folder is written beside its target and swapped in with two renames, so a crash
+while saving leaves the previous checkpoint (``last.old`` if the crash fell between the renames;
+`last_checkpoint` finds it). ``training_state.pt`` is written with ``torch.save`` and read with
+``torch.load(weights_only=True)`` only: it holds tensors, numbers, strings, lists and dicts.
+
+Exactness of ``--resume``: the data order of an epoch is a function of (seed, epoch) (the
+sampler) and every random crop/augmentation a function of (seed, epoch, item) (the datasets), the
+RNG states are restored, and a resume in the middle of an epoch skips the batches already done.
+So on the CPU, with the same seed, a resumed run gives the same weights as an uninterrupted one.
+
+DDP: under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) `setup_distributed` joins the
+process group (nccl on CUDA, gloo on CPU), every rank reads its shard of each epoch
+(DistributedSampler), gradients are averaged across ranks, and only rank 0 writes files, logs and
+shows progress. Validation runs on rank 0 while the others wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+LAST, BEST = "last", "best"
+STATE_FILE = "training_state.pt"
+LOG_FILE = "log.jsonl"
+ARGS_FILE = "args.json"
+AMP_CHOICES = ("auto", "bf16", "fp16", "none")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+class TrainingError(RuntimeError):
+    """A run that could not go on; the message says where and what to do."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss (or the gradient) became NaN or infinite."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C or SIGTERM: the run saved ``last/`` and stopped; ``--resume`` continues it."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds from '5s', '2m', '1.5', '250ms' (a plain number means seconds). Raises ValueError."""
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        t = str(text).strip().lower()
+        scale = 1.0
+        for suffix, factor in (("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+            if t.endswith(suffix):
+                t, scale = t[: -len(suffix)], factor
+                break
+        try:
+            value = float(t) * scale
+        except ValueError:
+            raise ValueError(f"{text!r} is not a duration (examples: 5s, 2m, 1.5)") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"a duration must be positive, got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- device, AMP
+
+
+def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' (CUDA when visible, else CPU), 'cpu', 'cuda' or 'cuda:N'. Raises ValueError when CUDA
+    is asked for and absent. Under DDP on CUDA each rank takes GPU ``local_rank``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is visible to torch")
+        return torch.device(name if ":" in name else f"cuda:{local_rank}")
+    if name != "cpu":
+        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    return torch.device("cpu")
+
+
+def select_amp(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: 'auto' is bf16 on a CUDA device that supports it, fp16 on older CUDA
+    devices, none on the CPU; 'bf16' (CPU or CUDA), 'fp16' (CUDA only), 'none'."""
+    if name not in AMP_CHOICES:
+        raise ValueError(f"unknown --amp {name!r}; choose one of {', '.join(AMP_CHOICES)}")
+    if name == "none" or (name == "auto" and device.type != "cuda"):
+        return None
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA device (use bf16 or none on the CPU)")
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The autocast context of a run (a no-op without AMP)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- DDP
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands in a torchrun job (rank 0 of 1 when not under torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str = "auto") -> tuple[Distributed, torch.device]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single process.
+
+    Backend nccl on CUDA, gloo on CPU. The timeout is long (6 h): rank 0 may fit k-means or
+    validate while the other ranks wait at a barrier.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed(), select_device(device_name)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=datetime.timedelta(hours=6))
+    return Distributed(rank, world, local_rank), device
+
+
+def teardown_distributed(dist: Distributed) -> None:
+    if dist.enabled and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def barrier(dist: Distributed) -> None:
+    if dist.enabled:
+        torch.distributed.barrier()
+
+
+def broadcast_object(dist: Distributed, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (e.g. an error message, so that all ranks stop together)."""
+    if not dist.enabled:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# --------------------------------------------------------------------------- seeds, RNG
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002  (the legacy global RNG other code may use)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every global RNG state, in types that ``torch.load(weights_only=True)`` reads back."""
+    version, keys, gauss = random.getstate()
+    np_state = np.random.get_state()  # noqa: NPY002
+    state = {
+        "python": [version, list(keys), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two groups: matrices get ``weight_decay``; biases, norms and the
+    SSM's A_log / D / dt_bias (marked ``_no_weight_decay``, as in mamba-ssm) get none."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class WarmupDecay:
+    """LR factor at a step: linear warm-up over ``warmup`` steps, then constant (``total`` None)
+    or linear decay to 0 at step ``total`` (fairseq's polynomial decay with power 1, HuBERT's).
+    A callable object, so the scheduler's state_dict stays plain data."""
+
+    def __init__(self, warmup: int, total: int | None):
+        self.warmup, self.total = max(0, int(warmup)), total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.total is None:
+            return 1.0
+        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
+
+
+# --------------------------------------------------------------------------- checkpoint folders
+
+
+def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a fresh sibling folder, then swap it in for ``target``."""
+    target = Path(target)
+    tmp, old = target.with_name(target.name + ".partial"), target.with_name(target.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    """``out/last`` (or ``out/last.old`` left by a crash between the two renames), or None."""
+    for name in (LAST, LAST + ".old"):
+        if (Path(out) / name / STATE_FILE).is_file():
+            return Path(out) / name
+    return None
+
+
+def save_training_state(folder: Path, state: dict) -> None:
+    torch.save(state, Path(folder) / STATE_FILE)
+
+
+def load_training_state(folder: Path) -> dict:
+    path = Path(folder) / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unreadable or not plain data: never fall back to unpickling
+        raise TrainingError(f"{path}: cannot read the training state ({e})") from None
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A rich progress bar per epoch with the running loss and throughput; silent when stderr is
+    not a terminal or on ranks other than 0 (the epoch summary lines are printed anyway)."""
+
+    def __init__(self, enabled: bool):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.enabled = enabled and self.console.is_terminal
+        self._bar = None
+        self._task = None
+
+    def start(self, description: str, total: int) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                 console=self.console, transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total, info="")
+
+    def update(self, advance: int, info: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=advance, info=info)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def print(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- sampler
+
+
+class EpochSampler(Sampler[int]):
+    """This rank's indices of an epoch: DistributedSampler's (a permutation seeded by seed + epoch,
+    padded to a multiple of the world size, every world_size-th from rank), minus the first
+    ``skip`` already trained on (a resume in the middle of an epoch)."""
+
+    def __init__(self, dataset: Dataset, dist: Distributed, shuffle: bool, seed: int):
+        self.inner = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank,
+                                        shuffle=shuffle, seed=seed, drop_last=False)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.inner.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.inner)[self.skip:])
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.skip)
+
+
+# --------------------------------------------------------------------------- stop requests
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM set a flag; the loop finishes its step, saves and stops. A second Ctrl-C
+    while the flag is set stops at once (Python's default handler)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __enter__(self):
+        if _in_main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class LoopConfig:
+    """How `fit` runs. ``epochs``: passes over the training set; ``max_steps``: stop after this
+    many optimizer steps in all (whichever comes first). ``metric``: the validation key that picks
+    ``best/`` (higher is better). ``save_every``: also checkpoint every so many steps."""
+
+    out: Path
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    max_steps: int | None = None
+    workers: int = 0
+    grad_clip: float | None = None
+    metric: str | None = None
+    save_every: int | None = None
+    shuffle: bool = True
+    resume: bool = False
+    what: str = "train"
+
+
+@dataclass
+class LoopState:
+    """Counters saved in training_state.pt."""
+
+    epoch: int = 0               # the epoch in progress (or next to start)
+    step_in_epoch: int = 0       # optimizer steps done in that epoch
+    global_step: int = 0
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """What a command sets up once and hands to `fit`: device, AMP dtype, DDP position."""
+
+    device: torch.device
+    amp: torch.dtype | None
+    dist: Distributed
+
+    def autocast(self):
+        return autocast(self.device, self.amp)
+
+
+LossFn = Callable[[nn.Module, dict, LoopState], tuple[torch.Tensor, dict[str, float]]]
+
+
+def fit(
+    run: Run,
+    cfg: LoopConfig,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    dataset: Dataset,
+    collate: Callable,
+    loss_fn: LossFn,
+    save: Callable[[Path, dict], None],
+    load: Callable[[Path], None],
+    validate: Callable[[], dict] | None = None,
+    train_mode: Callable[[], None] | None = None,
+    items_per_batch: Callable[[dict], float] | None = None,
+) -> LoopState:
+    """Train ``module`` and checkpoint into ``cfg.out``.
+
+    loss_fn(net, batch, state) -> (scalar loss, {name: float} stats), called under autocast with
+    ``net`` the module (DDP-wrapped under torchrun: call ``net(...)``, not ``module``, so that
+    gradients are averaged). save(folder, info) writes the model into a folder (info: epochs_done,
+    step, metrics, for config.json); load(folder) reads the weights back (``--resume``).
+    validate() -> metrics dict (rank 0 only). train_mode() puts the module in training mode
+    (e.g. with a frozen front end kept in eval mode); default ``module.train()``.
+    items_per_batch(batch) -> e.g. seconds of audio, for the throughput shown.
+
+    Raises NonFiniteLossError (last/ keeps the last good checkpoint), TrainingInterrupted
+    (last/ saved at the current step). Returns the final LoopState.
+    """
+    dist, out = run.dist, Path(cfg.out)
+    train_mode = train_mode or module.train
+    state = LoopState()
+    scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp == torch.float16)
+    if cfg.resume:
+        folder = last_checkpoint(out)
+        if folder is None:
+            raise TrainingError(f"--resume: {out} holds no {LAST}/{STATE_FILE} to resume from")
+        saved = load_training_state(folder)
+        load(folder)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])
+        state = LoopState(**saved["loop"])
+    net = module
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            module, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+
+    sampler = EpochSampler(dataset, dist, cfg.shuffle, cfg.seed)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=cfg.workers, pin_memory=run.device.type == "cuda",
+                        persistent_workers=False)
+    progress = Progress(dist.is_main)
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def checkpoint(target: str, metrics: dict | None = None) -> None:
+        if not dist.is_main:
+            return
+        info = {"epochs_done": state.epoch, "step": state.global_step, "metrics": metrics or {}}
+
+        def write(folder: Path) -> None:
+            save(folder, info)
+            save_training_state(folder, {
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rng_state(), "loop": asdict(state)})
+
+        write_folder_atomically(out / target, write)
+
+    def done() -> bool:
+        return cfg.max_steps is not None and state.global_step >= cfg.max_steps
+
+    with _StopRequest() as stop:
+        while state.epoch < cfg.epochs and not done():
+            epoch = state.epoch
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch, skip=state.step_in_epoch * cfg.batch_size)
+            train_mode()
+            started, sums, count, items = time.time(), {}, 0, 0.0
+            progress.start(f"{cfg.what} epoch {epoch + 1}/{cfg.epochs}", len(loader))
+            try:
+                for batch in loader:
+                    batch = {k: v.to(run.device, non_blocking=True) if torch.is_tensor(v) else v
+                             for k, v in batch.items()}
+                    with run.autocast():
+                        loss, stats = loss_fn(net, batch, state)
+                    mean_loss, stop_now = _reduce_loss_and_stop(loss, stop.requested, dist, run.device)
+                    if not math.isfinite(mean_loss):
+                        raise NonFiniteLossError(
+                            f"the {cfg.what} loss became {mean_loss} at epoch {epoch + 1}, step "
+                            f"{state.step_in_epoch + 1} of the epoch (step {state.global_step + 1} in all); "
+                            f"stopped, and {out / LAST} keeps the last good checkpoint "
+                            f"(try a lower --lr, --amp none, or check the data)")
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    norm = (nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip
+                            else _grad_norm(params))
+                    if not scaler.is_enabled() and not torch.isfinite(norm):
+                        raise NonFiniteLossError(
+                            f"the gradient became {float(norm)} at epoch {epoch + 1}, step "
+                            f"{state.step_in_epoch + 1} of the epoch (step {state.global_step + 1} in all); "
+                            f"stopped, and {out / LAST} keeps the last good checkpoint "
+                            f"(try a lower --lr or --grad-clip)")
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    state.step_in_epoch += 1
+                    state.global_step += 1
+                    count += 1
+                    items += items_per_batch(batch) if items_per_batch else len(next(iter(batch.values())))
+                    for k, v in {"loss": mean_loss, **stats}.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    rate = items / max(time.time() - started, 1e-9)
+                    progress.update(1, f"loss {sums['loss'] / count:.4f}  {rate:.1f}/s")
+                    if stop_now:
+                        raise TrainingInterrupted("stop requested")
+                    if cfg.save_every and state.global_step % cfg.save_every == 0:
+                        checkpoint(LAST)
+                    if done():
+                        break
+            except TrainingInterrupted:
+                progress.stop()
+                checkpoint(LAST)
+                raise TrainingInterrupted(
+                    f"interrupted at epoch {epoch + 1}, step {state.step_in_epoch} of the epoch; "
+                    f"saved {out / LAST}; continue with --resume") from None
+            except NonFiniteLossError:
+                progress.stop()
+                raise
+            except Exception:
+                progress.stop()
+                if stop.requested:  # e.g. a DataLoader worker killed by the same Ctrl-C
+                    checkpoint(LAST)
+                    raise TrainingInterrupted(
+                        f"interrupted at epoch {epoch + 1}; saved {out / LAST}; continue with --resume") from None
+                raise
+            progress.stop()
+            epoch_complete = count == len(loader)  # else max_steps stopped it part-way
+            metrics = validate() if (validate is not None and dist.is_main) else {}
+            barrier(dist)
+            line = {"epoch": epoch + 1, "step": state.global_step,
+                    **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
+                    **{f"valid_{k}": v for k, v in metrics.items() if isinstance(v, int | float)},
+                    "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 3)}
+            state.history.append(line)
+            improved = False
+            if cfg.metric and cfg.metric in metrics:
+                value = float(metrics[cfg.metric])
+                if state.best_metric is None or value > state.best_metric:
+                    state.best_metric, state.best_epoch, improved = value, epoch + 1, True
+            if epoch_complete:
+                state.epoch += 1
+                state.step_in_epoch = 0
+            if dist.is_main:
+                with open(out / LOG_FILE, "a") as f:
+                    f.write(json.dumps(line) + "\n")
+                progress.print(_summary(line))
+            checkpoint(LAST, metrics)
+            if improved:
+                checkpoint(BEST, metrics)
+    return state
+
+
+def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return torch.stack(grads).norm() if grads else torch.zeros(())
+
+
+def _reduce_loss_and_stop(loss: torch.Tensor, stop: bool, dist: Distributed,
+                          device: torch.device) -> tuple[float, bool]:
+    """The loss averaged over ranks (NaN on one rank is NaN on all) and whether any rank was asked
+    to stop: every rank gets the same answer, so all stop at the same step."""
+    if not dist.enabled:
+        return float(loss.detach()), stop
+    t = torch.tensor([float(loss.detach()), float(stop)], device=device, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return float(t[0]) / dist.world_size, bool(t[1] > 0)
+
+
+def _summary(line: dict) -> str:
+    parts = [f"epoch {line['epoch']}", f"step {line['step']}"]
+    parts += [f"{k} {v:.4f}" for k, v in line.items() if k.startswith(("train_", "valid_")) and isinstance(v, float)]
+    parts.append(f"{line['seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+# --------------------------------------------------------------------------- checkpoints in
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder, or a run folder (``--out`` of train/pretrain): its best/, else last/."""
+    from .checkpoint import CONFIG, CheckpointError
+
+    path = Path(path)
+    if path.is_file() and path.name == CONFIG:
+        path = path.parent
+    if (path / CONFIG).is_file():
+        return path
+    for name in (BEST, LAST):
+        if (path / name / CONFIG).is_file():
+            return path / name
+    if not path.exists():
+        raise CheckpointError(path, "no such checkpoint folder")
+    raise CheckpointError(path, f"not a bmamba checkpoint (no {CONFIG}, nor a run folder with {BEST}/ or {LAST}/)")
+
+
+def load_model_from(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Any bmamba checkpoint (BioMamba, the Transformer baseline, a pre-training teacher), from a
+    checkpoint folder or a run folder. ``model.training_info`` holds the "training" entry of its
+    config (windows, crop, unknown label) or {}."""
+    from . import pretrain  # noqa: F401  (registers the bidirectional teacher's architecture)
+    from .checkpoint import read_config
+    from .model import load_model
+
+    folder = resolve_checkpoint(path)
+    model = load_model(folder, device)
+    model.training_info = read_config(folder).get("training", {})
+    return model
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def prepare_out(out: Path, resume: bool, args: dict, dist: Distributed, keys: tuple[str, ...] = ()) -> None:
+    """Create ``out``; refuse to overwrite an earlier run without ``resume``; on resume, refuse
+    when ``keys`` of the saved args.json differ from ``args``. Writes args.json (rank 0)."""
+    out = Path(out)
+    previous = out / ARGS_FILE
+    if resume:
+        if last_checkpoint(out) is None:
+            raise ValueError(f"--resume: {out} holds no {LAST}/ checkpoint to resume from")
+        if previous.is_file():
+            old = json.loads(previous.read_text())
+            changed = [k for k in keys if k in old and old[k] != args.get(k)]
+            if changed:
+                raise ValueError("--resume with different settings than the run in "
+                                 f"{out}: {', '.join(f'{k} ({old[k]!r} -> {args.get(k)!r})' for k in changed)}")
+    elif last_checkpoint(out) is not None or (out / LOG_FILE).exists():
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        previous.write_text(json.dumps(args, indent=2, default=str) + "\n")
+    barrier(dist)
+
+
+def echo(dist: Distributed, text: str) -> None:
+    """A line on stderr from rank 0."""
+    if dist.is_main:
+        print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,83 @@
+"""`bmamba train`: fine-tune for classification or detection (see biomamba.train)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from .common import fail
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def train(
+        data: Path = typer.Argument(..., help="Training data: a folder per class, a BEANS CSV (classify), "
+                                              "a BEANS JSONL, or a folder of recordings with Raven tables (detect)."),
+        task: str = typer.Option(None, help="classify or detect (default: from the data)."),
+        valid: Path = typer.Option(None, help="Validation data, same kinds as DATA."),
+        valid_fraction: float = typer.Option(0.2, help="Without --valid: the fraction of recordings held "
+                                                       "out for validation (seeded; 0: none)."),
+        preset: str = typer.Option("base", help="Model size: tiny, edge or base (ignored with --init)."),
+        architecture: str = typer.Option(None, help="biomamba (default), transformer (the baseline), or "
+                                                    "biomamba-bidirectional (the pre-training teacher; offline only)."),
+        init: Path = typer.Option(None, help="Start from this checkpoint (or run folder): its encoder, a new head."),
+        freeze_frontend: bool = typer.Option(True, "--freeze-frontend/--no-freeze-frontend",
+                                             help="Keep the convolutional front end fixed (as in the paper)."),
+        pooling: str = typer.Option("mean", help="Clip pooling for classify: mean or attention."),
+        epochs: int = typer.Option(50, help="Passes over the training data."),
+        max_steps: int = typer.Option(None, help="Stop after this many optimizer steps in all."),
+        batch_size: int = typer.Option(32, help="Items per batch (per process under torchrun)."),
+        lr: float = typer.Option(1e-4, help="Learning rate (Adam)."),
+        weight_decay: float = typer.Option(0.0, help="Weight decay of the weight matrices."),
+        warmup_steps: int = typer.Option(0, help="Linear learning-rate warm-up steps."),
+        grad_clip: float = typer.Option(10.0, help="Gradient norm clip (0: none)."),
+        crop: str = typer.Option("5s", help="Classify: training clips are random crops of this length "
+                                            "(validation: the centred crop); 'none' for whole clips."),
+        window: str = typer.Option("2s", help="Detect: window length (BEANS: dcase/enabirds 2s, hiceas/rfcx 10s, gibbons 4s)."),
+        hop: str = typer.Option("1s", help="Detect: window hop (BEANS: half the window)."),
+        unknown_label: str = typer.Option(None, help="Map labels outside the classes to this one (BEANS enabirds: OTHR)."),
+        label_column: str = typer.Option(None, help="Raven column holding the label."),
+        out: Path = typer.Option(Path("bmamba-train"), help="Run folder: last/, best/, log.jsonl, args.json."),
+        device: str = typer.Option("auto", help="auto, cpu or cuda."),
+        amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 on CUDA), bf16, fp16, none."),
+        workers: int = typer.Option(0, help="DataLoader worker processes."),
+        seed: int = typer.Option(0, help="Seed of initialisation, data order, crops and the validation split."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last/ checkpoint."),
+    ) -> None:
+        """Fine-tune a model for clip classification or frame-level detection.
+
+        Multi-GPU / multi-node: launch with torchrun (e.g. torchrun --nproc_per_node 4 -m
+        biomamba.cli.app train ...); every process reads its share of each epoch.
+        """
+        from biomamba.checkpoint import CheckpointError
+        from biomamba.train import TrainConfig
+        from biomamba.train import train as run_train
+        from biomamba.trainutil import TrainingError, parse_duration
+
+        if not data.exists():
+            fail(f"{data}: no such file or folder", usage=True)
+        if valid is not None and not valid.exists():
+            fail(f"--valid {valid}: no such file or folder", usage=True)
+        if init is not None and not init.exists():
+            fail(f"--init {init}: no such checkpoint folder", usage=True)
+        try:
+            crop_s = None if crop.strip().lower() == "none" else parse_duration(crop)
+            cfg = TrainConfig(data=data, task=task, valid=valid, valid_fraction=valid_fraction, preset=preset,
+                              architecture=architecture, init=init, freeze_frontend=freeze_frontend,
+                              pooling=pooling, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                              weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip or None,
+                              crop_s=crop_s, window_s=parse_duration(window), hop_s=parse_duration(hop),
+                              unknown_label=unknown_label, label_column=label_column, out=out, device=device,
+                              amp=amp, workers=workers, seed=seed, resume=resume)
+        except ValueError as e:
+            fail(str(e), usage=True)
+        try:
+            result = run_train(cfg)
+        except (TrainingError, CheckpointError, ValueError) as e:
+            fail(str(e))
+        except KeyboardInterrupt:
+            fail("interrupted")
+        if result is not None:
+            typer.echo(json.dumps({k: v for k, v in result.items() if k != "notes"}))
