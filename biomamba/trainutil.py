@@ -672,6 +672,7 @@ def prepare_out(out: Path, resume: bool, args: dict, dist: Distributed, keys: tu
     when ``keys`` of the saved args.json differ from ``args``. Writes args.json (rank 0)."""
     out = Path(out)
     previous = out / ARGS_FILE
+    args = json.loads(json.dumps(args, default=str))  # as args.json holds them (paths as strings)
     if resume:
         if last_checkpoint(out) is None:
             raise ValueError(f"--resume: {out} holds no {LAST}/ checkpoint to resume from")

@@ -1,0 +1,377 @@
+"""bmamba pretrain: masking, the loss, label features and k-means labels, the recipes, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+from test_train import cli_app, make_class_folder, tone
+from typer.testing import CliRunner
+
+from biomamba import BioMamba
+from biomamba import pretrain as pretrain_module
+from biomamba.audio import read_audio
+from biomamba.kmeans import assign, fit_kmeans, load_centroids
+from biomamba.mfcc import mfcc_model_frames
+from biomamba.pretrain import (
+    IGNORE,
+    BidirectionalBioMamba,
+    PretrainConfig,
+    PretrainModel,
+    collate_pretrain,
+    compute_mask,
+    label_loss,
+    layer_features,
+    mask_span_starts,
+    mfcc_features,
+    pretrain,
+)
+from biomamba.trainutil import LAST, TrainingInterrupted
+from conftest import perturb_
+
+SR = 16000
+
+
+def tiny_pretrain(audio, out, **kw) -> PretrainConfig:
+    base = dict(audio=[str(audio)], out=out, preset="tiny", steps=4, crop_s=1.0, batch_size=2, clusters=6,
+                device="cpu", save_every=None, seed=0)
+    return PretrainConfig(**{**base, **kw})
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def _expected_masked_fraction(T: int, p: float, L: int, min_masks: int) -> float:
+    """Exact expectation of the masked fraction of a row of T frames under HuBERT's draw:
+    n = max(min_masks, int(p T / L + u)) distinct starts among C = T - L + 1; frame t is unmasked
+    when none of the w starts that would cover it is drawn: C(C - w, n) / C(C, n)."""
+    C = T - L + 1
+    x = p * T / L
+    total = 0.0
+    for n, prob in ((math.floor(x), 1 - (x - math.floor(x))), (math.floor(x) + 1, x - math.floor(x))):
+        n = min(max(min_masks, n), C)
+        masked = 0.0
+        for t in range(T):
+            w = min(t, C - 1) - max(0, t - L + 1) + 1
+            masked += 1 - (math.comb(C - w, n) / math.comb(C, n) if C - w >= n else 0.0)
+        total += prob * masked / T
+    return total
+
+
+def test_masked_fraction_matches_hubert():
+    T, runs = 250, 400   # a 5 s crop
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    mask = compute_mask(torch.full((runs,), T), T, 0.8, 10, 2, g)
+    fraction = mask.float().mean(1)
+    expected = _expected_masked_fraction(T, 0.8, 10, 2)
+    assert 0.52 < expected < 0.58   # HuBERT's "about 57 %" (fewer at the row ends)
+    assert abs(float(fraction.mean()) - expected) < 4 * float(fraction.std()) / math.sqrt(runs)
+
+
+def test_masks_are_whole_spans_within_valid_frames():
+    rng = np.random.default_rng()
+    lengths = torch.tensor(rng.integers(12, 200, size=64))
+    seed = int(rng.integers(1 << 31))
+    mask = compute_mask(lengths, 200, 0.8, 10, 2, torch.Generator().manual_seed(seed))
+    # the same draws, replayed: the mask is exactly the union of the spans
+    g = torch.Generator().manual_seed(seed)
+    for b, n in enumerate(lengths.tolist()):
+        starts = mask_span_starts(n, 0.8, 10, 2, g)
+        assert len(starts) >= 2 and len(set(starts.tolist())) == len(starts)
+        assert int(starts.max()) + 10 <= n                         # every span fits in the row
+        want = torch.zeros(200, dtype=torch.bool)
+        for s in starts.tolist():
+            want[s : s + 10] = True
+        assert torch.equal(mask[b], want)
+        runs = np.diff(np.flatnonzero(np.diff(np.r_[0, mask[b].numpy().astype(int), 0])))[::2]
+        assert (runs >= 10).all()                                   # spans of 10, overlapping or not
+        assert not mask[b, n:].any()
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def test_cosine_temperature_loss_against_hand_computation():
+    rng = np.random.default_rng()
+    B, T, F, K, tau = 2, 7, 5, 4, 0.1
+    proj = rng.standard_normal((B, T, F))
+    emb = rng.standard_normal((K, F))
+    labels = rng.integers(0, K, (B, T))
+    labels[1, -2:] = IGNORE
+    select = rng.random((B, T)) < 0.5
+    select[0, 0] = True
+    loss, correct, n = label_loss(torch.tensor(proj, dtype=torch.float32), torch.tensor(emb, dtype=torch.float32),
+                                  torch.tensor(labels), torch.tensor(select), tau)
+    terms, hits = [], 0
+    for b in range(B):
+        for t in range(T):
+            if not select[b, t] or labels[b, t] == IGNORE:
+                continue
+            s = [proj[b, t] @ emb[k] / (np.linalg.norm(proj[b, t]) * np.linalg.norm(emb[k])) / tau for k in range(K)]
+            terms.append(np.log(np.sum(np.exp(s))) - s[labels[b, t]])
+            hits += int(np.argmax(s) == labels[b, t])
+    assert n == len(terms) and int(correct) == hits
+    assert abs(float(loss) - np.mean(terms)) < 1e-5
+
+
+def _batch(rng, B=2, T=30):
+    audio = torch.tensor(rng.standard_normal((B, 80 + 320 * T)) * 0.1, dtype=torch.float32)
+    labels = torch.tensor(rng.integers(0, 5, (B, T)))
+    labels[1, T - 5 :] = IGNORE
+    lengths = torch.tensor([T, T - 5])
+    mask = compute_mask(lengths, T, generator=torch.Generator().manual_seed(int(rng.integers(1000))))
+    return audio, lengths, labels, mask
+
+
+def test_feature_penalty_and_cnn_gradient_scale():
+    rng = np.random.default_rng()
+    audio, lengths, labels, mask = _batch(rng)
+    grads, outs = [], []
+    for scale in (1.0, 0.1):
+        torch.manual_seed(0)
+        model = PretrainModel(perturb_(BioMamba.from_preset("tiny", task="embed")), 5, cnn_grad_scale=scale)
+        out = model(audio, lengths, labels, mask)
+        out["loss"].backward()
+        grads.append(model.encoder.frontend.conv[0].weight.grad.clone())
+        outs.append(out)
+        features = model.encoder.frontend.conv_features(audio)
+        valid = torch.arange(30)[None] < lengths[:, None]
+        assert torch.allclose(out["penalty"], features.pow(2).mean(-1)[valid].mean(), rtol=1e-5)
+        assert torch.allclose(out["loss"], out["masked_loss"] + 10 * out["penalty"], rtol=1e-5)
+    assert torch.allclose(outs[0]["loss"], outs[1]["loss"])             # same forward
+    want = 0.1 * grads[0]
+    assert float((grads[1] - want).abs().max()) < 1e-4 * float(want.abs().max())
+
+
+def test_masked_frames_enter_the_encoder_as_the_mask_embedding():
+    rng = np.random.default_rng()
+    audio, lengths, labels, mask = _batch(rng)
+    model = PretrainModel(BioMamba.from_preset("tiny", task="embed"), 5)
+    seen = {}
+    model.encoder.layers[0].register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    model(audio, lengths, labels, mask)
+    frames = model.encoder.frontend(audio)
+    x = seen["x"]
+    assert torch.equal(x[mask], model.mask_embedding.expand(int(mask.sum()), -1))
+    assert torch.allclose(x[~mask], frames[~mask], atol=1e-6)
+
+
+def test_future_heads_predict_later_labels():
+    """With future heads, the extra loss is the mean over k of the loss of head k at t against t+k."""
+    rng = np.random.default_rng()
+    audio, lengths, labels, mask = _batch(rng)
+    model = PretrainModel(BioMamba.from_preset("tiny", task="embed"), 5, future_frames=2).eval()
+    out = model(audio, lengths, labels, mask)
+    frames = torch.where(mask[..., None], model.mask_embedding, model.encoder.frontend(audio))
+    hidden = model.encoder.encode(frames)
+    valid = torch.arange(30)[None] < lengths[:, None]
+    want = sum(label_loss(model.future_proj[k - 1](hidden[:, :-k]), model.label_embeddings, labels[:, k:],
+                          valid[:, k:], 0.1)[0] for k in (1, 2)) / 2
+    assert torch.allclose(out["future_loss"], want, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- features and labels
+
+
+def _write(path, audio):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, audio, SR, subtype="FLOAT")
+    return path
+
+
+@pytest.mark.parametrize("seconds", [0.031, 0.5, 2.3417])
+def test_streamed_mfcc_features_equal_whole_recording(tmp_path, seconds):
+    rng = np.random.default_rng()
+    audio = (0.3 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+    path = _write(tmp_path / "a.wav", audio)
+    blocks = list(mfcc_features(path, block_s=0.13))     # many small blocks
+    streamed = np.concatenate(blocks)
+    whole = mfcc_model_frames(torch.from_numpy(read_audio(path))).numpy()
+    assert streamed.shape == whole.shape == (math.ceil(len(audio) / 320), 39)
+    np.testing.assert_allclose(streamed, whole, rtol=1e-4, atol=1e-3)
+
+
+def test_streamed_layer_features_equal_whole_run(tmp_path):
+    rng = np.random.default_rng()
+    audio = (0.3 * rng.standard_normal(int(1.713 * SR))).astype(np.float32)
+    path = _write(tmp_path / "a.wav", audio)
+    model = perturb_(BioMamba.from_preset("tiny", task="embed")).eval()
+    streamed = np.concatenate(list(layer_features(model, 1, path, chunk_s=0.3)))
+    with torch.no_grad():
+        out = model.frontend(torch.nn.functional.pad(torch.from_numpy(audio)[None], (80, 320 * 86 - len(audio))))
+        _, _, layers = model.encode_with_state(out, return_layers=True)
+    x = layers[0][0].double().numpy()
+    want = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6)
+    assert streamed.shape == want.shape
+    np.testing.assert_allclose(streamed, want, atol=2e-4)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    return make_class_folder(root / "audio", per_class=3, seconds=1.2, seed=5)
+
+
+@pytest.fixture(scope="module")
+def phase1(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("p1") / "run"
+    return pretrain(tiny_pretrain(corpus, out, kmeans_fraction=1.0)), out
+
+
+def _labels(run_result) -> tuple[list, list]:
+    folder = run_result["labels"]
+    index = json.loads((Path(folder) / "index.json").read_text())
+    labels = [np.load(Path(folder) / f"{i:06d}.npy") for i in range(len(index["files"]))]
+    return index["files"], labels
+
+
+def test_phase1_labels_are_kmeans_of_mfcc(phase1):
+    result, _ = phase1
+    files, labels = _labels(result)
+    centroids = load_centroids(Path(result["labels"]) / "centroids.npy")
+    assert centroids.shape == (6, 39)
+    for f, y in zip(files, labels):
+        feats = mfcc_model_frames(torch.from_numpy(read_audio(f))).numpy()
+        assert np.mean(assign(feats, centroids) == y) > 0.99   # float rounding may flip a tie
+
+
+def test_phase2_labels_come_from_the_chosen_layer(corpus, phase1, tmp_path):
+    _, p1_out = phase1
+    corpus_files = json.loads((p1_out / "args.json").read_text())["audio"]
+    results = {layer: pretrain(tiny_pretrain(corpus, tmp_path / f"l{layer}", phase=2, init=p1_out, layer=layer,
+                                             kmeans_fraction=1.0, labels_only=True))
+               for layer in (1, 2)}
+    encoder = BioMamba.load(p1_out / LAST)
+    direct = {}
+    for layer, result in results.items():
+        files, labels = _labels(result)
+        assert files == corpus_files
+        feats = []
+        for f in files:   # the layer's output computed here, whole recording at once
+            audio = torch.from_numpy(read_audio(f))
+            with torch.no_grad():
+                frames = encoder.frontend(torch.nn.functional.pad(audio[None], (80, (-len(audio)) % 320)))
+                x = encoder.encode_with_state(frames, return_layers=True)[2][layer - 1][0].double().numpy()
+            feats.append((x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-6)).astype(np.float32))
+        direct[layer] = feats
+        centroids = load_centroids(Path(result["labels"]) / "centroids.npy")
+        # k-means on these features, the recordings in the order pretrain feeds them (seeded shuffle)
+        order = np.random.default_rng(0).permutation(len(feats))
+        own = fit_kmeans([feats[i] for i in order], 6, seed=0, n_init=20)
+        gap = np.sqrt(((own[:, None] - centroids[None]) ** 2).sum(-1)).min(1)
+        assert gap.max() < 1e-3, gap
+        for x, y in zip(feats, labels):
+            assert np.mean(assign(x, centroids) == y) > 0.99
+    l1, l2 = _labels(results[1])[1], _labels(results[2])[1]
+    # labels of another layer differ: compare the partitions (cluster ids are arbitrary)
+    a, b = np.concatenate(l1), np.concatenate(l2)
+    assert any(len(set(b[a == c])) > 1 for c in set(a))
+    assert "layer1" in results[1]["label_source"] and "layer2" in results[2]["label_source"]
+
+
+def test_default_layer_is_the_middle_one(corpus, phase1, tmp_path):
+    _, p1_out = phase1
+    result = pretrain(tiny_pretrain(corpus, tmp_path / "p2", phase=2, init=p1_out, labels_only=True, clusters=3))
+    assert "-layer1-" in result["label_source"]   # tiny has 2 layers -> layer 1 (HuBERT: 6 of 12)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def test_pretrain_phase1_through_cli_and_loads_as_biomamba(corpus, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli_app("pretrain"), [
+        "pretrain", str(corpus), "--preset", "tiny", "--steps", "12", "--crop", "1s", "--batch-size", "3",
+        "--clusters", "6", "--lr", "2e-3", "--warmup", "0", "--out", str(out), "--device", "cpu",
+        "--kmeans-fraction", "1", "--save-every", "0"])
+    assert result.exit_code == 0, result.output
+    model = BioMamba.load(out / LAST)
+    assert model.task == "embed"
+    config = json.loads((out / LAST / "config.json").read_text())
+    assert config["pretraining"]["clusters"] == 6 and config["pretraining"]["recipe"] == "causal"
+    heads = load_file(str(out / LAST / "heads.safetensors"))
+    assert heads["label_embeddings"].shape == (6, 256) and heads["mask_embedding"].shape == (64,)
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["train_masked_loss"] > log[-1]["train_masked_loss"]   # 12 steps over 3 epochs
+
+
+def test_bidirectional_teacher_recipe(corpus, tmp_path):
+    teacher = pretrain(tiny_pretrain(corpus, tmp_path / "t1", recipe="bidirectional-teacher", kmeans_fraction=1.0))
+    assert json.loads((tmp_path / "t1" / LAST / "config.json").read_text())["architecture"] == "biomamba-bidirectional"
+    student = pretrain(tiny_pretrain(corpus, tmp_path / "t2", recipe="bidirectional-teacher", phase=2,
+                                     init=tmp_path / "t1", kmeans_fraction=1.0))
+    assert "biomamba-bidirectional-layer1" in student["label_source"]
+    assert teacher["steps"] == student["steps"] == 4
+    assert BioMamba.load(tmp_path / "t2" / LAST).task == "embed"   # the student is causal
+
+
+def test_future_recipe_adds_heads(corpus, tmp_path):
+    result = pretrain(tiny_pretrain(corpus, tmp_path / "f", recipe="future", kmeans_fraction=1.0))
+    heads = load_file(str(tmp_path / "f" / LAST / "heads.safetensors"))
+    assert {f"future_proj.{k}.weight" for k in range(4)} <= heads.keys()
+    assert result["final"]["train_future_loss"] > 0
+
+
+def test_bidirectional_model_reverses_within_each_rows_length():
+    torch.manual_seed(0)
+    model = perturb_(BidirectionalBioMamba.from_preset("tiny", task="embed")).eval()
+    rng = np.random.default_rng()
+    frames = torch.tensor(rng.standard_normal((2, 20, 64)), dtype=torch.float32)
+    mask = torch.arange(20)[None] < torch.tensor([20, 13])[:, None]
+    with torch.no_grad():
+        batched = model.encode(frames, mask)
+        alone = model.encode(frames[1:, :13])
+        assert torch.allclose(batched[1, :13], alone[0], atol=1e-5)   # padding does not leak in
+        changed = frames.clone()
+        changed[0, 15:] += 1.0
+        assert not torch.allclose(model.encode(changed, mask)[0, :15], batched[0, :15])   # it looks ahead
+
+
+def test_pretrain_resume_after_interrupt_is_exact(corpus, tmp_path, monkeypatch):
+    straight = pretrain(tiny_pretrain(corpus, tmp_path / "a", steps=5, kmeans_fraction=1.0))
+    real = PretrainModel.forward
+    calls = {"n": 0}
+
+    def interrupting(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *args)
+
+    monkeypatch.setattr(PretrainModel, "forward", interrupting)
+    with pytest.raises(TrainingInterrupted):
+        pretrain(tiny_pretrain(corpus, tmp_path / "b", steps=5, kmeans_fraction=1.0))
+    monkeypatch.setattr(PretrainModel, "forward", real)
+    resumed = pretrain(tiny_pretrain(corpus, tmp_path / "b", steps=5, kmeans_fraction=1.0, resume=True))
+    assert resumed["steps"] == straight["steps"] == 5
+    for name in ("model.safetensors", "heads.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / LAST / name)), load_file(str(tmp_path / "b" / LAST / name))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_crops_carry_left_context_and_labels(tmp_path):
+    rng = np.random.default_rng()
+    audio = tone(1.37, 800.0, rng)
+    path = _write(tmp_path / "a.wav", audio)
+    frames = math.ceil(len(audio) / 320)
+    labels = np.arange(frames, dtype=np.int16)
+    np.save(tmp_path / "l.npy", labels)
+    ds = pretrain_module.PretrainDataset([path], [tmp_path / "l.npy"], crop_s=0.4, seed=int(rng.integers(1000)))
+    padded = np.concatenate([np.zeros(80, np.float32), audio, np.zeros(320 * frames - len(audio), np.float32)])
+    for i in range(len(ds)):
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            x, y = ds[i]
+            start = int(y[0])
+            assert torch.equal(y, torch.arange(start, start + len(y)))
+            np.testing.assert_allclose(x.numpy(), padded[320 * start : 320 * (start + len(y)) + 80], atol=1e-7)
+    batch = collate_pretrain([ds[0], (torch.zeros(80 + 320 * 3), torch.zeros(3, dtype=torch.int64))])
+    assert batch["labels"][1, 3:].eq(IGNORE).all() and batch["frame_lengths"].tolist() == [20, 3]

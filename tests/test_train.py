@@ -1,0 +1,326 @@
+"""bmamba train on tiny synthetic data made here: tones per class (classify) and tone calls in
+noise with Raven tables (detect). Also the makers the other training tests import."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import typer
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from biomamba import BioMamba
+from biomamba import train as train_module
+from biomamba.checkpoint import CheckpointError
+from biomamba.train import (
+    TrainConfig,
+    model_from_init,
+    split_classification,
+    split_detection,
+    train,
+)
+from biomamba.trainutil import LAST, TrainingError, TrainingInterrupted
+
+SR = 16000
+FREQS = {"low": 500.0, "high": 3000.0}
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+def tone(seconds: float, hz: float, rng: np.random.Generator, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(round(seconds * SR))) / SR
+    hz = hz * (1 + 0.05 * rng.standard_normal())
+    return (amp * np.sin(2 * np.pi * hz * t + rng.uniform(0, 6.3)) + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def make_class_folder(root: Path, per_class: int = 4, seconds: float = 1.0, seed: int | None = None) -> Path:
+    """root/<class>/<i>.wav: a tone per class (500 Hz vs 3 kHz), random phase and pitch jitter."""
+    rng = np.random.default_rng(seed)
+    for name, hz in FREQS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            sf.write(root / name / f"{i}.wav", tone(seconds, hz, rng), SR, subtype="FLOAT")
+    return root
+
+
+RAVEN_HEADER = "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\tHigh Freq (Hz)\tAnnotation"
+
+
+def make_detection_folder(root: Path, n: int = 3, seconds: float = 6.0, seed: int | None = None) -> tuple[Path, dict]:
+    """root/rec<i>.wav with 2 kHz calls of 0.4-0.8 s in noise at random places, and a Raven table
+    next to each. Returns (root, {path: [(start, end, "call")]})."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    events = {}
+    for i in range(n):
+        x = (0.02 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+        rows, evs = [RAVEN_HEADER], []
+        start = rng.uniform(0.2, 0.8)
+        while start + 0.8 < seconds:
+            end = start + rng.uniform(0.4, 0.8)
+            a, b = int(start * SR), int(end * SR)
+            x[a:b] += tone((b - a) / SR, 2000.0, rng, amp=0.4)
+            evs.append((round(start, 3), round(end, 3), "call"))
+            rows.append(f"{len(evs)}\tSpectrogram 1\t1\t{start:.3f}\t{end:.3f}\t1500\t2500\tcall")
+            start = end + rng.uniform(1.0, 2.5)
+        path = root / f"rec{i}.wav"
+        sf.write(path, x, SR, subtype="FLOAT")
+        (root / f"rec{i}.Table.1.selections.txt").write_text("\n".join(rows) + "\n")
+        events[path] = evs
+    return root, events
+
+
+def cli_app(*modules: str) -> typer.Typer:
+    """A fresh Typer app with the named commands registered (as cli/app.py does)."""
+    import importlib
+
+    app = typer.Typer(pretty_exceptions_enable=False)
+    for name in modules:
+        importlib.import_module(f"biomamba.cli.cmd_{name}").register(app)
+    if len(modules) == 1:  # a single-command Typer app would take the command's arguments directly
+
+        @app.command(hidden=True)
+        def _noop() -> None:
+            pass
+
+    return app
+
+
+def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=data, out=out, preset="tiny", epochs=2, batch_size=4, lr=3e-3, crop_s=1.0,
+                device="cpu", seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def log_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_train_classify_through_cli(tmp_path):
+    data = make_class_folder(tmp_path / "data", per_class=5)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli_app("train"), [
+        "train", str(data), "--preset", "tiny", "--epochs", "4", "--batch-size", "4", "--lr", "3e-3",
+        "--crop", "1s", "--out", str(out), "--device", "cpu", "--valid-fraction", "0.2"])
+    assert result.exit_code == 0, result.output
+    for name in ("last/model.safetensors", "last/config.json", "last/training_state.pt", "best/config.json",
+                 "args.json", "log.jsonl"):
+        assert (out / name).is_file(), name
+    log = log_lines(out)
+    assert [line["epoch"] for line in log] == [1, 2, 3, 4]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]          # it learns the tones
+    assert all("valid_accuracy" in line and "valid_macro_f1" in line for line in log)
+    model = BioMamba.load(out / "best")
+    assert model.task == "classify" and model.classes == ["high", "low"]
+    best = max(line["valid_accuracy"] for line in log)
+    assert json.loads((out / "best" / "config.json").read_text())["training"]["metrics"]["accuracy"] == best
+    assert json.loads((out / "args.json").read_text())["task"] == "classify"
+
+
+def test_train_detect_end_to_end(tmp_path):
+    data, _ = make_detection_folder(tmp_path / "data", n=3, seed=1)
+    out = tmp_path / "run"
+    result = train(tiny_config(data, out, epochs=3, valid_fraction=0.34))
+    assert result["metric"] == "map" and result["best"] is not None
+    log = log_lines(out)
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert all(0.0 <= line["valid_map"] <= 1.0 for line in log)
+    model = BioMamba.load(out / "last")
+    assert model.task == "detect" and model.classes == ["call"]
+    assert json.loads((out / "last" / "config.json").read_text())["training"]["window_s"] == 2.0
+
+
+def test_frontend_frozen_by_default(tmp_path):
+    data = make_class_folder(tmp_path / "data", per_class=2)
+    torch.manual_seed(0)
+    initial = BioMamba.from_preset("tiny", task="classify", classes=["high", "low"]).state_dict()
+    frozen = weights(train(tiny_config(data, tmp_path / "a", epochs=1, valid_fraction=0))["last"])
+    moving = weights(train(tiny_config(data, tmp_path / "b", epochs=1, valid_fraction=0,
+                                       freeze_frontend=False))["last"])
+    conv = [k for k in initial if k.startswith("frontend.conv.")]
+    assert conv and all(torch.equal(frozen[k], initial[k]) for k in conv)
+    assert any(not torch.equal(moving[k], initial[k]) for k in conv)
+    assert not torch.equal(frozen["frontend.proj.weight"], initial["frontend.proj.weight"])  # projection trains
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    data = make_class_folder(tmp_path / "data", per_class=3)
+    straight = train(tiny_config(data, tmp_path / "straight", epochs=2, batch_size=2))
+    train(tiny_config(data, tmp_path / "split", epochs=1, batch_size=2))
+    resumed = train(tiny_config(data, tmp_path / "split", epochs=2, batch_size=2, resume=True))
+    a, b = weights(straight["last"]), weights(resumed["last"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert straight["steps"] == resumed["steps"]
+    assert [x["train_loss"] for x in log_lines(tmp_path / "straight")] == \
+           [x["train_loss"] for x in log_lines(tmp_path / "split")]
+
+
+def test_interrupt_mid_epoch_saves_and_resume_is_exact(tmp_path, monkeypatch):
+    data = make_class_folder(tmp_path / "data", per_class=3)   # 6 clips, 3 steps per epoch
+    config = dict(epochs=2, batch_size=2, valid_fraction=0)
+    straight = train(tiny_config(data, tmp_path / "straight", **config))
+    real_loss = train_module.classification_loss
+
+    def interrupting(net, batch, state):
+        if state.global_step == 4:   # epoch 2, step 2: Ctrl-C sets a flag, the step finishes, then it saves
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(net, batch, state)
+
+    monkeypatch.setattr(train_module, "classification_loss", interrupting)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(tiny_config(data, tmp_path / "split", **config))
+    state = torch.load(tmp_path / "split" / LAST / "training_state.pt", weights_only=True)
+    assert state["loop"]["global_step"] == 5 and state["loop"]["step_in_epoch"] == 2
+    monkeypatch.setattr(train_module, "classification_loss", real_loss)
+    resumed = train(tiny_config(data, tmp_path / "split", **config, resume=True))
+    a, b = weights(straight["last"]), weights(resumed["last"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_needs_resume_and_same_settings(tmp_path):
+    data = make_class_folder(tmp_path / "data", per_class=2)
+    train(tiny_config(data, tmp_path / "run", epochs=1))
+    with pytest.raises(ValueError, match="--resume"):
+        train(tiny_config(data, tmp_path / "run", epochs=1))
+    with pytest.raises(ValueError, match="batch_size"):
+        train(tiny_config(data, tmp_path / "run", epochs=2, batch_size=2, resume=True))
+
+
+# --------------------------------------------------------------------------- NaN guard
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    data = make_class_folder(tmp_path / "data", per_class=3)
+    out = tmp_path / "run"
+    train(tiny_config(data, out, epochs=1, batch_size=2))
+    good = weights(out / LAST)
+    real_loss = train_module.classification_loss
+
+    def poisoned(net, batch, state):
+        loss, stats = real_loss(net, batch, state)
+        return (loss * float("nan") if state.step_in_epoch == 1 else loss), stats
+
+    monkeypatch.setattr(train_module, "classification_loss", poisoned)
+    runner = CliRunner()
+    result = runner.invoke(cli_app("train"), [
+        "train", str(data), "--preset", "tiny", "--epochs", "2", "--batch-size", "2", "--lr", "3e-3",
+        "--crop", "1s", "--out", str(out), "--device", "cpu", "--resume"])
+    assert result.exit_code == 1
+    message = result.output.strip().splitlines()[-1]
+    assert "loss became nan at epoch 2, step 2 of the epoch" in message and str(out / LAST) in message
+    assert "Traceback" not in result.output
+    kept = weights(out / LAST)
+    assert all(torch.equal(kept[k], good[k]) for k in good)   # last/ still holds epoch 1's weights
+    assert len(log_lines(out)) == 1
+
+
+def test_nan_raises_training_error_in_library(tmp_path, monkeypatch):
+    data = make_class_folder(tmp_path / "data", per_class=2)
+    monkeypatch.setattr(train_module, "classification_loss",
+                        lambda net, batch, state: (torch.tensor(float("inf"), requires_grad=True), {}))
+    with pytest.raises(TrainingError, match="epoch 1, step 1"):
+        train(tiny_config(data, tmp_path / "run", epochs=1))
+    assert not (tmp_path / "run" / LAST).exists()
+
+
+# --------------------------------------------------------------------------- init, splits, errors
+
+
+def test_init_from_pretrain_checkpoint(tmp_path):
+    from biomamba.pretrain import PretrainConfig, pretrain
+
+    audio = make_class_folder(tmp_path / "audio", per_class=2)
+    pre = pretrain(PretrainConfig(audio=[str(audio)], out=tmp_path / "pre", preset="tiny", steps=2, crop_s=1.0,
+                                  batch_size=2, clusters=4, device="cpu"))
+    encoder = BioMamba.load(pre["last"])
+    assert encoder.task == "embed"
+    model = model_from_init(tmp_path / "pre", "classify", ["high", "low"])
+    source = encoder.state_dict()
+    assert all(torch.equal(v, source[k]) for k, v in model.state_dict().items() if not k.startswith("head."))
+    result = train(tiny_config(audio, tmp_path / "fine", epochs=1, init=tmp_path / "pre" / "last", preset="edge"))
+    tuned = BioMamba.load(result["last"])
+    assert tuned.preset == "tiny" and tuned.classes == ["high", "low"]   # the checkpoint's size wins
+
+
+def test_init_keeps_head_when_classes_agree_and_rejects_misfits(tmp_path):
+    torch.manual_seed(1)
+    src = BioMamba.from_preset("tiny", task="classify", classes=["a", "b"])
+    src.save(tmp_path / "ck")
+    same = model_from_init(tmp_path / "ck", "classify", ["a", "b"])
+    assert torch.equal(same.head.weight, src.head.weight)
+    other = model_from_init(tmp_path / "ck", "classify", ["a", "b", "c"])
+    assert other.head.weight.shape == (3, 64)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        model_from_init(tmp_path / "ck", "classify", ["a"], architecture="transformer")
+
+
+def test_bidirectional_teacher_initialises_causal_student_from_forward_branch(tmp_path):
+    from biomamba.pretrain import BidirectionalBioMamba
+
+    torch.manual_seed(2)
+    teacher = BidirectionalBioMamba.from_preset("tiny", task="embed")
+    teacher.save(tmp_path / "teacher")
+    student = model_from_init(tmp_path / "teacher", "detect", ["call"])
+    assert type(student) is BioMamba
+    t = teacher.state_dict()
+    assert all(torch.equal(v, t[k]) for k, v in student.state_dict().items() if not k.startswith("head."))
+
+
+def test_validation_split_is_by_recording_and_seeded():
+    labels = [0] * 10 + [1] * 5
+    train_a, valid_a = split_classification(labels, 0.2, seed=3)
+    assert split_classification(labels, 0.2, seed=3) == (train_a, valid_a)
+    assert sorted(train_a + valid_a) == list(range(15)) and not set(train_a) & set(valid_a)
+    assert sum(labels[i] == 0 for i in valid_a) == 2 and sum(labels[i] == 1 for i in valid_a) == 1
+
+
+def test_detection_split_never_shares_a_recording(tmp_path):
+    from biomamba.evaluate import CheckedDetectionDataset
+
+    data, _ = make_detection_folder(tmp_path / "data", n=4, seconds=4.0, seed=2)
+    ds = CheckedDetectionDataset(data)
+    train_idx, valid_idx = split_detection(ds, 0.25, seed=0)
+    paths = lambda idx: {ds.windows[i].path for i in idx}  # noqa: E731
+    assert len(paths(valid_idx)) == 1 and not paths(train_idx) & paths(valid_idx)
+    assert len(train_idx) + len(valid_idx) == len(ds)
+    one, _ = make_detection_folder(tmp_path / "one", n=1, seconds=10.0, seed=3)
+    single = CheckedDetectionDataset(one)
+    train_idx, valid_idx = split_detection(single, 0.3, seed=0)
+    assert max(single.windows[i].start_s + 2.0 for i in train_idx) <= min(single.windows[i].start_s for i in valid_idx)
+
+
+def test_unreadable_files_are_skipped_and_counted(tmp_path):
+    data = make_class_folder(tmp_path / "data", per_class=2)
+    (data / "low" / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    result = train(tiny_config(data, tmp_path / "run", epochs=1, valid_fraction=0))
+    assert len(result["notes"]) == 1 and "broken.wav" in result["notes"][0]
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli_app("train"), ["train", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no such file or folder" in result.output and "Traceback" not in result.output
+    data = make_class_folder(tmp_path / "data", per_class=1)
+    result = runner.invoke(cli_app("train"), ["train", str(data), "--crop", "soon", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "not a duration" in result.output
+    result = runner.invoke(cli_app("train"), ["train", str(data), "--preset", "huge", "--out", str(tmp_path / "o"),
+                                              "--device", "cpu"])
+    assert result.exit_code == 1 and "unknown preset" in result.output and "Traceback" not in result.output
