@@ -10,7 +10,7 @@ Checks (each on fresh random inputs; outputs poisoned with NaN before every call
 - errors come back as codes, not crashes.
 Benchmarks (CUDA events): the kernels against biomamba.ssd.ssd_chunked on the GPU and against
 mamba-ssm's mamba_chunk_scan_combined when it imports.
-Hook for the lead: check_model_on_cuda (the PyTorch model on CUDA against the CPU reference).
+Model: check_model_on_cuda (the PyTorch model on CUDA, with each scan path, against the CPU reference).
 
 Exit status: 0 when every check passed or when there is no CUDA device (the JSON says so), 1 when
 a check failed. ``--dry-run-cpu`` runs the same code on the CPU twin with small shapes, to test
@@ -295,10 +295,72 @@ def check_errors(report: Report, backend: Backend, gen: torch.Generator) -> None
 
 
 def check_model_on_cuda(report: Report, backend: Backend) -> dict[str, Any]:
-    """HOOK for the lead: run the PyTorch model (biomamba.BioMamba, each preset) on CUDA, with and
-    without the scan kernels, against the CPU reference on the same audio; add one report entry
-    per preset (max abs frame-probability difference, streaming vs whole). Returns a summary dict."""
-    return {"status": "not implemented yet (hook for the lead)"}
+    """The PyTorch model on the device against the CPU reference, for every preset (tiny and edge
+    only in a dry run): (1) the pure-PyTorch scan on the device, (2) our kernel swapped in through
+    Mamba2.scan_override, (3) that model streamed in pieces == its whole run, (4) mamba-ssm's
+    kernel when it imports. Frame probabilities of a detection head, random perturbed weights,
+    10 s of noise. Also times the whole-recording forward (60 s) per preset and path."""
+    import copy
+
+    from biomamba import BioMamba
+    from biomamba.mamba2 import Mamba2
+
+    torch.backends.cuda.matmul.allow_tf32 = False   # compare float32 with float32
+    torch.backends.cudnn.allow_tf32 = False
+    device = backend.device
+    presets = ["tiny", "edge"] if device.type == "cpu" else list(preset_shapes())
+    rng = np.random.default_rng(0)
+    audio = (rng.standard_normal(16000 * 10) * 0.3).astype(np.float32)
+    long_audio = (rng.standard_normal(16000 * 60) * 0.3).astype(np.float32)
+    summary: dict[str, Any] = {}
+
+    def kernel_scan(x, dt, A, B, C, D, dt_bias, state):
+        parts = [t.contiguous() for t in (x, dt, A, B, C)] + [D.float().contiguous(), dt_bias.float().contiguous(),
+                                                             state.float().contiguous()]
+        return backend.scan(*parts)
+
+    def set_path(model, path):
+        for m in model.modules():
+            if isinstance(m, Mamba2):
+                m.use_kernels = path == "mamba_ssm"
+                m.scan_override = kernel_scan if path == "kernel" else None
+
+    try:
+        import mamba_ssm  # noqa: F401
+        paths = ["torch", "kernel", "mamba_ssm"] if device.type == "cuda" else ["torch", "kernel"]
+    except Exception:  # not installed / no CUDA extension
+        paths = ["torch", "kernel"]
+
+    for name in presets:
+        torch.manual_seed(0)
+        cpu_model = BioMamba.from_preset(name, classes=["a", "b", "c"]).eval()
+        with torch.no_grad():
+            for p in cpu_model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        ref = cpu_model.predict(audio)
+        model = copy.deepcopy(cpu_model).to(device)
+        row: dict[str, Any] = {}
+        for path in paths:
+            def one(path=path):
+                set_path(model, path)
+                got = model.predict(audio)
+                err = float(np.abs(got - ref).max())
+                report.add(f"model {name} [{path}] on {device.type} vs CPU reference", err <= 1e-4,
+                           max_abs_prob_diff=err)
+                row[f"{path}_max_abs_diff"] = err
+                if path == "kernel":
+                    s = model.stream(max_chunk_s=1.3)
+                    pieces = [s.push(audio[i: i + 7777]) for i in range(0, len(audio), 7777)] + [s.flush()]
+                    serr = float(np.abs(np.concatenate(pieces) - got).max())
+                    report.add(f"model {name} [kernel] streamed == whole", serr <= 1e-5, max_abs_prob_diff=serr)
+                    row["kernel_stream_vs_whole"] = serr
+                if device.type == "cuda":
+                    ms = time_call(lambda: model.predict(long_audio), device, budget_s=2.0, max_reps=5)
+                    row[f"{path}_x_realtime_60s"] = round(60_000.0 / ms, 1)
+            report.guarded(f"model {name} [{path}]", one)
+        set_path(model, "torch")
+        summary[name] = row
+    return summary
 
 
 # ---- benchmarks --------------------------------------------------------------------------------
@@ -403,6 +465,11 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"checks: {len(checks) - len(failed)}/{len(checks)} passed")
         for c in failed:
             print(f"  FAILED: {c['name']}: {c.get('error', '')}")
+    model = results.get("model") or {}
+    if model:
+        print("model (max |frame prob - CPU reference|; x real time on 60 s):")
+        for preset, row in model.items():
+            print(f"  {preset}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
     rows = [r for r in results.get("benchmarks", []) if "ours_ms" in r]
     if rows:
         cols = ["case", "dtype", "segments_auto", "ours_ms", "ours_1seg_ms", "torch_chunked_ms", "mamba_ssm_ms"]
