@@ -1,0 +1,69 @@
+"""DDP: `bmamba train` under torchrun with two CPU processes on the gloo backend.
+
+Two processes with batch b must train exactly as one process with batch 2b: DistributedSampler
+gives rank r the items r, r + 2, ... of the epoch's permutation, so each step's two half-batches
+make up the single process's batch, and DDP averages the gradients (every rank's loss is a mean
+over an equal number of items).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+from safetensors.torch import load_file
+from test_train import make_class_folder
+
+from biomamba.train import TrainConfig, train
+
+SCRIPT = textwrap.dedent("""
+    import os, sys
+    import typer
+    from biomamba.cli import cmd_train
+
+    app = typer.Typer(pretty_exceptions_enable=False)
+    cmd_train.register(app)
+
+    @app.command(hidden=True)
+    def _noop():
+        pass
+
+    app(sys.argv[1:], standalone_mode=False)
+    print(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} finished", flush=True)
+""")
+
+
+def test_torchrun_gloo_two_processes_equal_one_process_with_double_batch(tmp_path):
+    data = make_class_folder(tmp_path / "data", per_class=4, seed=0)      # 8 clips
+    valid = make_class_folder(tmp_path / "valid", per_class=1, seed=1)
+    script = tmp_path / "run_train.py"
+    script.write_text(SCRIPT)
+    common = ["--preset", "tiny", "--epochs", "1", "--max-steps", "2", "--lr", "3e-3", "--crop", "1s",
+              "--device", "cpu", "--seed", "7", "--valid", str(valid)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script),
+         "train", str(data), "--batch-size", "2", "--out", str(tmp_path / "ddp"), *common],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rank 0 of 2 finished" in proc.stdout and "rank 1 of 2 finished" in proc.stdout
+    assert "2 process(es)" in proc.stderr
+    assert proc.stderr.count("bmamba train:") == 1            # only rank 0 speaks
+    out = tmp_path / "ddp"
+    assert (out / "last" / "model.safetensors").is_file() and (out / "best" / "config.json").is_file()
+    ddp_log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert len(ddp_log) == 1 and ddp_log[0]["step"] == 2 and "valid_accuracy" in ddp_log[0]
+
+    single = train(TrainConfig(data=data, out=tmp_path / "single", preset="tiny", epochs=1, max_steps=2, lr=3e-3,
+                               crop_s=1.0, device="cpu", seed=7, valid=valid, batch_size=4))
+    a, b = load_file(str(out / "last" / "model.safetensors")), load_file(str(single["last"]) + "/model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst
+    single_log = json.loads((tmp_path / "single" / "log.jsonl").read_text().splitlines()[0])
+    assert abs(single_log["train_loss"] - ddp_log[0]["train_loss"]) < 1e-5      # loss averaged over ranks
+    assert torch.isfinite(torch.tensor(ddp_log[0]["valid_loss"]))
