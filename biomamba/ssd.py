@@ -127,55 +127,52 @@ def ssd_chunked(x, dt, A, B, C, D, dt_bias, initial_state=None, chunk_size: int 
     1. intra-chunk outputs (the diagonal blocks), 2. each chunk's final state from its own inputs,
     3. the recurrence over chunks (the initial state enters here), 4. the contribution of the state
     entering each chunk to that chunk's outputs.
+
+    Layout: [b, g, k, c, l, ...] = batch, group, head within the group, chunk, step in the chunk, so
+    that the matmuls run over the trailing axes and B, C (shared by the k heads of a group) are
+    multiplied once per group, not once per head. States are held as [n, p] inside (transposed)
+    so that no input needs transposing for step 2.
     """
     batch, length, n_heads, head_dim = x.shape
-    n_state, dtype = B.shape[-1], compute_dtype(x)
+    n_groups, n_state, dtype = B.shape[-2], B.shape[-1], compute_dtype(x)
+    if n_heads % n_groups:
+        raise ValueError(f"heads ({n_heads}) must be a multiple of groups ({n_groups})")
+    k = n_heads // n_groups
     state0 = _initial_state(x, n_state, initial_state)
 
-    dt = discretize(dt, dt_bias)                                   # [b, t, h]
-    xf = x.to(dtype)
-    Bh = expand_groups(B.to(dtype), n_heads)                       # [b, t, h, n]
-    Ch = expand_groups(C.to(dtype), n_heads)
-
-    # Pad to whole chunks with dt = 0: a padded step neither decays nor feeds the state.
+    # Pad to whole chunks with dt = 0: a padded step neither decays nor feeds the state. (Always
+    # pad, even by 0, so that a traced graph handles every length.)
     pad = (-length) % chunk_size
-    if pad:
-        xf, Bh, Ch = (F.pad(v, (0, 0, 0, 0, 0, pad)) for v in (xf, Bh, Ch))
-        dt = F.pad(dt, (0, 0, 0, pad))
+    dt = F.pad(discretize(dt, dt_bias), (0, 0, 0, pad))                 # [b, t, h]
+    xf, Bp, Cp = (F.pad(v.to(dtype), (0, 0, 0, 0, 0, pad)) for v in (x, B, C))
     n_chunks = (length + pad) // chunk_size
 
-    def chunks(v):  # [b, c*l, ...] -> [b, c, l, ...]
-        return v.reshape(batch, n_chunks, chunk_size, *v.shape[2:])
-
-    X = chunks(xf * dt[..., None])                                 # dt-weighted input, [b, c, l, h, p]
-    a = chunks(dt * A.to(dtype)).permute(0, 3, 1, 2)                 # log-decays, [b, h, c, l]
-    Bc, Cc = chunks(Bh), chunks(Ch)                                # [b, c, l, h, n]
-    a_cum = a @ tril_ones(chunk_size, a).T                         # cumsum within chunk, [b, h, c, l]
+    X = (xf * dt[..., None]).reshape(batch, n_chunks, chunk_size, n_groups, k, head_dim)
+    X = X.permute(0, 3, 4, 1, 2, 5)                                     # dt-weighted input, [b, g, k, c, l, p]
+    a = (dt * A.to(dtype)).reshape(batch, n_chunks, chunk_size, n_groups, k).permute(0, 3, 4, 1, 2)
+    Bc = Bp.reshape(batch, n_chunks, chunk_size, n_groups, n_state).permute(0, 3, 1, 2, 4)[:, :, None]
+    Cc = Cp.reshape(batch, n_chunks, chunk_size, n_groups, n_state).permute(0, 3, 1, 2, 4)[:, :, None]
+    a_cum = a @ tril_ones(chunk_size, a).T                              # cumsum in chunk, [b, g, k, c, l]
 
     # 1. Intra-chunk (diagonal blocks): y_i = sum_{j<=i} (C_i . B_j) exp(a_{j+1..i}) X_j
-    L = decay_matrix(a)                                            # [b, h, c, l, l]
-    CB = Cc.permute(0, 3, 1, 2, 4) @ Bc.permute(0, 3, 1, 4, 2)     # [b, h, c, l(i), l(j)]
-    Y_diag = (CB * L) @ X.permute(0, 3, 1, 2, 4)                   # [b, h, c, l, p]
+    CB = Cc @ Bc.transpose(-1, -2)                                      # [b, g, 1, c, l(i), l(j)]
+    Y_diag = (CB * decay_matrix(a)) @ X                                 # [b, g, k, c, l, p]
 
-    # 2. Each chunk's final state from its own inputs: sum_j exp(a_{j+1..end}) X_j B_j^T
-    decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)              # [b, h, c, l]
-    Xw = X.permute(0, 3, 1, 4, 2) * decay_to_end[:, :, :, None, :]  # [b, h, c, p, l]
-    local_states = Xw @ Bc.permute(0, 3, 1, 2, 4)                  # [b, h, c, p, n]
+    # 2. Each chunk's final state from its own inputs: sum_j exp(a_{j+1..end}) B_j X_j^T
+    decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)                   # [b, g, k, c, l]
+    local_states = Bc.transpose(-1, -2) @ (X * decay_to_end[..., None])  # [b, g, k, c, n, p]
 
     # 3. Recurrence over chunks, as one matmul: the state entering chunk z (z = 0..c) is
-    #    sum_{k<=z} exp(a_{chunks k+1..z}) S_k, with S_0 the initial state.
-    states = torch.cat([state0[:, :, None], local_states], dim=2)  # [b, h, c+1, p, n]
-    chunk_a = F.pad(a_cum[..., -1], (1, 0))                        # [b, h, c+1]
-    decay_chunks = decay_matrix(chunk_a)                           # [b, h, c+1, c+1]
-    flat = states.reshape(batch, n_heads, n_chunks + 1, head_dim * n_state)
-    entering = (decay_chunks @ flat).reshape(states.shape)         # [b, h, c+1, p, n]
-    final_state = entering[:, :, -1]
-    entering = entering[:, :, :-1]                                 # state before each chunk
+    #    sum_{j<=z} exp(a_{chunks j+1..z}) S_j, with S_0 the initial state.
+    s0 = state0.reshape(batch, n_groups, k, head_dim, n_state).transpose(-1, -2)[:, :, :, None]
+    states = torch.cat([s0, local_states], dim=3)                       # [b, g, k, c+1, n, p]
+    decay_chunks = decay_matrix(F.pad(a_cum[..., -1], (1, 0)))          # [b, g, k, c+1, c+1]
+    entering = (decay_chunks @ states.flatten(-2)).reshape(states.shape)
+    final_state = entering[:, :, :, -1].transpose(-1, -2).reshape(batch, n_heads, head_dim, n_state)
 
     # 4. State -> output inside each chunk: y_i += exp(a_{1..i}) C_i . h_in
-    Y_off = (Cc.permute(0, 3, 1, 2, 4) @ entering.transpose(-1, -2)) * torch.exp(a_cum)[..., None]
+    Y_off = (Cc @ entering[:, :, :, :-1]) * torch.exp(a_cum)[..., None]  # [b, g, k, c, l, p]
 
-    y = (Y_diag + Y_off).permute(0, 2, 3, 1, 4)                    # [b, c, l, h, p]
-    y = y.reshape(batch, n_chunks * chunk_size, n_heads, head_dim)[:, :length]
-    y = y + D.to(dtype)[:, None] * xf[:, :length]
+    y = (Y_diag + Y_off).permute(0, 3, 4, 1, 2, 5).reshape(batch, n_chunks * chunk_size, n_heads, head_dim)
+    y = y[:, :length] + D.to(dtype)[:, None] * xf[:, :length]
     return y.to(x.dtype), final_state
