@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         threshold_off: float = typer.Option(None, help="Hysteresis: an event ends below this (default 0.8 x threshold)."),
         window: str = typer.Option("3s", help="Window for clip-classification models."),
         threads: int = typer.Option(None, min=1, help="CPU threads for onnxruntime (default: all cores)."),
-        journal: Path = typer.Option(None, help=f"Resume journal (default: OUT/.bmamba-journal.jsonl or ./ without --out)."),
+        journal: Path = typer.Option(None, help="Resume journal (default: OUT/.bmamba-journal.jsonl or ./ without --out)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Detect events in recordings of any length, chunk by chunk with carried state.
@@ -104,8 +104,15 @@ def register(app: typer.Typer) -> None:
 def _run_with_progress(detector, files, journal, quiet: bool, run):
     if quiet:
         return run(detector, files, journal)
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     from biomamba.audio import AudioError, audio_info
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
     durations = {}
     for f in files:

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
             fail(str(e), usage=True)
         result = embed_files(engine, files, window_s=window_s, hop_s=hop_s, chunk_s=chunk_s, channel=channel)
         npy, index = write_embeddings(out, result)
-        for path, why in result.failures:
+        for _path, why in result.failures:
             typer.secho(f"bmamba: failed: {why}", err=True, fg=typer.colors.RED)
         for i, why in problems:
             typer.secho(f"bmamba: {i}: {why}", err=True, fg=typer.colors.YELLOW)
