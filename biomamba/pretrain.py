@@ -581,6 +581,20 @@ def _build_encoder(cfg: PretrainConfig) -> AudioModel:
     return model_from_init(cfg.init, "embed", [], architecture=arch)
 
 
+def check_options(cfg: PretrainConfig) -> None:
+    """Raise ValueError naming the first option out of its range."""
+    tu.check_choice("--recipe", cfg.recipe, RECIPES)
+    tu.check_choice("--phase", cfg.phase, (1, 2))
+    tu.check_choice("--amp", cfg.amp, tu.AMP_CHOICES)
+    tu.check_choice("--preset", cfg.preset, ("tiny", "edge", "base"))
+    if not 0 < cfg.mask_prob <= 1 or cfg.mask_length < 1 or cfg.min_masks < 0:
+        raise ValueError("need 0 < --mask-prob <= 1, --mask-length >= 1, --min-masks >= 0")
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or (cfg.clusters is not None and cfg.clusters < 2):
+        raise ValueError("need --steps >= 1, --batch-size >= 1, --lr > 0, --clusters >= 2")
+    if not 0 < cfg.kmeans_fraction <= 1:
+        raise ValueError(f"--kmeans-fraction must be in (0, 1], got {cfg.kmeans_fraction}")
+
+
 def pretrain(cfg: PretrainConfig) -> dict:
     """Pre-train as the module docstring says; the run folder is ``cfg.out``.
 
@@ -589,12 +603,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     TrainingError (NaN loss, interrupt: last/ saved).
     """
     cfg = PretrainConfig(**{**asdict(cfg), "out": Path(cfg.out)})
-    if cfg.recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {cfg.recipe!r}; choose one of {', '.join(RECIPES)}")
-    if cfg.phase not in (1, 2):
-        raise ValueError(f"--phase must be 1 or 2, got {cfg.phase}")
-    if not 0 < cfg.mask_prob <= 1 or cfg.mask_length < 1 or cfg.steps < 1 or cfg.batch_size < 1:
-        raise ValueError("need 0 < mask_prob <= 1, mask_length >= 1, steps >= 1, batch_size >= 1")
+    check_options(cfg)
     future = cfg.future_frames if cfg.future_frames is not None else (
         DEFAULT_FUTURE_FRAMES if cfg.recipe == "future" else 0)
     if future and cfg.phase == 1 and cfg.recipe == "bidirectional-teacher":
@@ -605,8 +614,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         run = tu.Run(device, tu.select_amp(cfg.amp, device), dist)
         notes: list[str] = []
         files = _readable(cfg.audio, notes)
-        for note in notes:
-            tu.echo(dist, f"bmamba: {note}")
+        tu.report_skipped(dist, notes)
         if not files:
             raise ValueError(f"no readable recordings in {', '.join(map(str, cfg.audio)) or 'the inputs'}")
         args = {**asdict(cfg), "audio": [str(f) for f in files], "future_frames": future, "clusters": k}
@@ -664,7 +672,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                              what="pretrain")
         tu.echo(dist, f"bmamba pretrain: phase {cfg.phase}, recipe {cfg.recipe}, {type(encoder).__name__} "
                       f"{encoder.num_parameters():,} parameters, {len(files)} recordings, {len(dataset)} crops "
-                      f"of {cfg.crop_s:g} s, {k} clusters, {cfg.steps} steps, {device}, amp {run.amp}")
+                      f"of {cfg.crop_s:g} s, {k} clusters, {cfg.steps} steps, {device}, amp {tu.amp_name(run.amp)}")
         state = tu.fit(run, loop, model, optimizer, scheduler, dataset, collate_pretrain, loss_fn, save, load,
                        items_per_batch=lambda b: float(b["frame_lengths"].sum()) * HOP / SAMPLE_RATE)
         return {**result, "last": str(cfg.out / tu.LAST), "steps": state.global_step,

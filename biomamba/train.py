@@ -257,6 +257,19 @@ def detection_loss(net, batch: dict, state) -> tuple[torch.Tensor, dict]:
 # --------------------------------------------------------------------------- train
 
 
+def check_options(cfg: TrainConfig) -> None:
+    """Raise ValueError naming the first option out of its range."""
+    tu.check_choice("--task", cfg.task, ("classify", "detect"))
+    tu.check_choice("--architecture", cfg.architecture, tuple(ARCHITECTURES))
+    tu.check_choice("--pooling", cfg.pooling, ("mean", "attention"))
+    tu.check_choice("--amp", cfg.amp, tu.AMP_CHOICES)
+    tu.check_choice("--preset", cfg.preset, ("tiny", "edge", "base"))
+    if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
+        raise ValueError("--batch-size, --epochs and --lr must be positive")
+    if not 0 <= cfg.valid_fraction < 1:
+        raise ValueError(f"--valid-fraction must be in [0, 1), got {cfg.valid_fraction}")
+
+
 def train(cfg: TrainConfig) -> dict:
     """Fine-tune as the module docstring says; checkpoints in ``cfg.out`` (see trainutil).
 
@@ -265,12 +278,7 @@ def train(cfg: TrainConfig) -> dict:
     (NaN loss, interrupt: last/ saved).
     """
     cfg = TrainConfig(**{**asdict(cfg), "data": Path(cfg.data), "out": Path(cfg.out)})
-    if cfg.task is not None and cfg.task not in ("classify", "detect"):
-        raise ValueError(f"unknown task {cfg.task!r}; choose classify or detect")
-    if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
-        raise ValueError("batch size, epochs and learning rate must be positive")
-    if not 0 <= cfg.valid_fraction < 1:
-        raise ValueError(f"--valid-fraction must be in [0, 1), got {cfg.valid_fraction}")
+    check_options(cfg)
     dist, device = tu.setup_distributed(cfg.device)
     try:
         run = tu.Run(device, tu.select_amp(cfg.amp, device), dist)
@@ -278,8 +286,7 @@ def train(cfg: TrainConfig) -> dict:
         args = {**asdict(cfg), "task": task}
         tu.prepare_out(cfg.out, cfg.resume, args, dist, RESUME_KEYS)
         train_set, valid_set, classes, notes = build_datasets(cfg, task)
-        for note in notes:
-            tu.echo(dist, f"bmamba: {note}")
+        tu.report_skipped(dist, notes)
         tu.seed_everything(cfg.seed)
         model = build_model(cfg, task, classes).to(device)
         if cfg.freeze_frontend:
@@ -319,7 +326,7 @@ def train(cfg: TrainConfig) -> dict:
                              metric=metric if valid_set is not None else None, resume=cfg.resume)
         tu.echo(dist, f"bmamba train: {task}, {len(classes)} classes, {len(train_set)} training items, "
                       f"{len(valid_set) if valid_set is not None else 0} validation items, "
-                      f"{model.num_parameters():,} parameters, {device}, amp {run.amp}, "
+                      f"{model.num_parameters():,} parameters, {device}, amp {tu.amp_name(run.amp)}, "
                       f"{dist.world_size} process(es)")
         started = time.time()
         state = tu.fit(run, loop, model, optimizer, scheduler, train_set, collate_padded,

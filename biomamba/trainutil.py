@@ -91,6 +91,16 @@ def parse_duration(text: str | float) -> float:
     return value
 
 
+def check_choice(option: str, value, choices) -> None:
+    """Raise ValueError("--option 'x': choose one of a, b") unless value is None or one of choices."""
+    if value is not None and value not in choices:
+        raise ValueError(f"{option} {value!r}: choose one of {', '.join(map(str, choices))}")
+
+
+def amp_name(dtype: torch.dtype | None) -> str:
+    return {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 # --------------------------------------------------------------------------- device, AMP
 
 
@@ -694,3 +704,16 @@ def echo(dist: Distributed, text: str) -> None:
     """A line on stderr from rank 0."""
     if dist.is_main:
         print(text, file=sys.stderr, flush=True)
+
+
+def report_skipped(dist: Distributed, notes: list[str]) -> None:
+    """Each note about a skipped input on stderr (rank 0), then their count."""
+    for note in notes:
+        echo(dist, f"bmamba: {note}")
+    if notes:
+        echo(dist, f"bmamba: {len(notes)} input(s) skipped")
+
+
+def is_main_process() -> bool:
+    """True unless this is a torchrun worker of rank > 0 (for printing from the CLI)."""
+    return os.environ.get("RANK", "0") == "0"

@@ -62,9 +62,9 @@ def register(app: typer.Typer) -> None:
         The encoder in OUT/last is an ordinary checkpoint: bmamba train --init OUT/last.
         """
         from biomamba.checkpoint import CheckpointError
-        from biomamba.pretrain import PretrainConfig
+        from biomamba.pretrain import PretrainConfig, check_options
         from biomamba.pretrain import pretrain as run_pretrain
-        from biomamba.trainutil import TrainingError, parse_duration
+        from biomamba.trainutil import TrainingError, is_main_process, parse_duration
 
         for name, path in (("--init", init), ("--labels-from", labels_from)):
             if path is not None and not path.exists():
@@ -80,6 +80,7 @@ def register(app: typer.Typer) -> None:
                 save_every=save_every or None, kmeans_fraction=kmeans_fraction, kmeans_batch=kmeans_batch,
                 kmeans_init=kmeans_init, teacher_chunk_s=parse_duration(teacher_chunk), labels_only=labels_only,
                 device=device, amp=amp, workers=workers, seed=seed, resume=resume)
+            check_options(cfg)
         except ValueError as e:
             fail(str(e), usage=True)
         try:
@@ -88,4 +89,5 @@ def register(app: typer.Typer) -> None:
             fail(str(e))
         except KeyboardInterrupt:
             fail("interrupted")
-        typer.echo(json.dumps({k: v for k, v in result.items() if k != "notes"}))
+        if is_main_process():
+            typer.echo(json.dumps({k: v for k, v in result.items() if k != "notes"}))

@@ -52,9 +52,9 @@ def register(app: typer.Typer) -> None:
         biomamba.cli.app train ...); every process reads its share of each epoch.
         """
         from biomamba.checkpoint import CheckpointError
-        from biomamba.train import TrainConfig
+        from biomamba.train import TrainConfig, check_options
         from biomamba.train import train as run_train
-        from biomamba.trainutil import TrainingError, parse_duration
+        from biomamba.trainutil import TrainingError, is_main_process, parse_duration
 
         if not data.exists():
             fail(f"{data}: no such file or folder", usage=True)
@@ -71,6 +71,7 @@ def register(app: typer.Typer) -> None:
                               crop_s=crop_s, window_s=parse_duration(window), hop_s=parse_duration(hop),
                               unknown_label=unknown_label, label_column=label_column, out=out, device=device,
                               amp=amp, workers=workers, seed=seed, resume=resume)
+            check_options(cfg)
         except ValueError as e:
             fail(str(e), usage=True)
         try:
@@ -79,5 +80,5 @@ def register(app: typer.Typer) -> None:
             fail(str(e))
         except KeyboardInterrupt:
             fail("interrupted")
-        if result is not None:
+        if is_main_process():
             typer.echo(json.dumps({k: v for k, v in result.items() if k != "notes"}))

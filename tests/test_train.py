@@ -323,4 +323,11 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.exit_code == 2 and "not a duration" in result.output
     result = runner.invoke(cli_app("train"), ["train", str(data), "--preset", "huge", "--out", str(tmp_path / "o"),
                                               "--device", "cpu"])
-    assert result.exit_code == 1 and "unknown preset" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "--preset 'huge'" in result.output and "Traceback" not in result.output
+    result = runner.invoke(cli_app("train"), ["train", str(data), "--task", "segment", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "choose one of classify, detect" in result.output
+    (tmp_path / "bad.csv").write_text("path,label\nnowhere.wav,dog\n")
+    result = runner.invoke(cli_app("train"), ["train", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o2"),
+                                              "--device", "cpu", "--preset", "tiny"])
+    assert result.exit_code == 1 and "no readable recordings (1 unreadable)" in result.output
+    assert "Traceback" not in result.output
