@@ -535,19 +535,21 @@ def _weights_digest(model: nn.Module) -> str:
     return h.hexdigest()[:12]
 
 
-def _readable(inputs: Sequence, notes: list[str]) -> list[Path]:
+def _readable(inputs: Sequence, notes: list[str]) -> tuple[list[Path], list[float]]:
+    """(recordings that can be read, their durations in s); problems go into ``notes``."""
     files, problems = find_audio([str(i) for i in inputs])
     notes += [f"{i}: {r}" for i, r in problems]
-    good = []
+    good, durations = [], []
     for f in files:
         try:
             info = audio_info(f)
             if info.duration_s * SAMPLE_RATE < FRAME_LENGTH:
                 raise AudioError(f, "shorter than 25 ms")
             good.append(f)
+            durations.append(info.duration_s)
         except AudioError as e:
             notes.append(f"skipped {e}")
-    return good
+    return good, durations
 
 
 def _label_source(cfg: PretrainConfig, device: torch.device):
@@ -613,14 +615,14 @@ def pretrain(cfg: PretrainConfig) -> dict:
     try:
         run = tu.Run(device, tu.select_amp(cfg.amp, device), dist)
         notes: list[str] = []
-        files = _readable(cfg.audio, notes)
+        files, durations = _readable(cfg.audio, notes)
         tu.report_skipped(dist, notes)
         if not files:
             raise ValueError(f"no readable recordings in {', '.join(map(str, cfg.audio)) or 'the inputs'}")
         args = {**asdict(cfg), "audio": [str(f) for f in files], "future_frames": future, "clusters": k}
         tu.prepare_out(cfg.out, cfg.resume, args, dist, RESUME_KEYS)
         name, features, layer = _label_source(cfg, device)
-        frames = [max(1, int(audio_info(f).duration_s / 0.02)) for f in files]
+        frames = [max(1, int(d * SAMPLE_RATE) // HOP) for d in durations]
         labels_dir = cfg.out / "labels" / f"{name}-k{k}"
         label_files = build_labels(files, frames, features, k, labels_dir, name,
                                    KMeansOptions(cfg.kmeans_fraction, batch_size=cfg.kmeans_batch,

@@ -614,12 +614,24 @@ def fit(
             checkpoint(LAST, metrics)
             if improved:
                 checkpoint(BEST, metrics)
+            if _any_rank(stop.requested, dist, run.device) and state.epoch < cfg.epochs and not done():
+                raise TrainingInterrupted(f"interrupted after epoch {epoch + 1}; saved {out / LAST}; "
+                                          "continue with --resume")
     return state
 
 
 def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
     return torch.stack(grads).norm() if grads else torch.zeros(())
+
+
+def _any_rank(flag: bool, dist: Distributed, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is True on any."""
+    if not dist.enabled:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(t)
+    return bool(t[0] > 0)
 
 
 def _reduce_loss_and_stop(loss: torch.Tensor, stop: bool, dist: Distributed,
