@@ -476,7 +476,7 @@ def fit(
     step, metrics, for config.json); load(folder) reads the weights back (``--resume``).
     validate() -> metrics dict (rank 0 only). train_mode() puts the module in training mode
     (e.g. with a frozen front end kept in eval mode); default ``module.train()``.
-    items_per_batch(batch) -> e.g. seconds of audio, for the throughput shown.
+    items_per_batch(batch) -> seconds of audio in the batch, for the throughput shown.
 
     Raises NonFiniteLossError (last/ keeps the last good checkpoint), TrainingInterrupted
     (last/ saved at the current step). Returns the final LoopState.
@@ -567,7 +567,8 @@ def fit(
                     for k, v in {"loss": mean_loss, **stats}.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
                     rate = items / max(time.time() - started, 1e-9)
-                    progress.update(1, f"loss {sums['loss'] / count:.4f}  {rate:.1f}/s")
+                    unit = "audio-s/s" if items_per_batch else "items/s"
+                    progress.update(1, f"loss {sums['loss'] / count:.4f}  {rate:.1f} {unit}")
                     if stop_now:
                         raise TrainingInterrupted("stop requested")
                     if cfg.save_every and state.global_step % cfg.save_every == 0:

@@ -307,6 +307,22 @@ def test_detection_split_never_shares_a_recording(tmp_path):
     assert max(single.windows[i].start_s + 2.0 for i in train_idx) <= min(single.windows[i].start_s for i in valid_idx)
 
 
+def test_train_from_beans_listings(tmp_path):
+    data = make_class_folder(tmp_path / "clips", per_class=2)
+    rows = ["path,label,fold"] + [f"clips/{f.parent.name}/{f.name},{f.parent.name},1"
+                                  for f in sorted(data.rglob("*.wav"))]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    result = train(tiny_config(tmp_path / "train.csv", tmp_path / "c", epochs=1, valid_fraction=0.5))
+    assert BioMamba.load(result["last"]).classes == ["high", "low"]
+    _, events = make_detection_folder(tmp_path / "wav", n=2, seconds=4.0, seed=4)
+    lines = [json.dumps({"path": f"wav/{p.name}", "length": 4.0,
+                         "annotations": [{"st": a, "ed": b, "label": label} for a, b, label in evs]})
+             for p, evs in events.items()]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    result = train(tiny_config(tmp_path / "train.jsonl", tmp_path / "d", epochs=1, valid_fraction=0.5))
+    assert result["metric"] == "map" and json.loads((tmp_path / "d" / "args.json").read_text())["task"] == "detect"
+
+
 def test_unreadable_files_are_skipped_and_counted(tmp_path):
     data = make_class_folder(tmp_path / "data", per_class=2)
     (data / "low" / "broken.wav").write_bytes(b"RIFF not really a wave file")
