@@ -164,7 +164,7 @@ class _Engine:
             shape = tuple(self.context.get_tensor_shape(name))
             results[name] = np.empty(shape, self.dtypes[name])
             self._buffer(name, results[name].nbytes)
-        if not self.context.execute_async_v3(self.cuda.stream):
+        if not self.context.execute_async_v3(int(self.cuda.stream)):
             raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
         for name in fetch:
             self.cuda.to_host(results[name], self.buffers[name][0])
