@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-COMMAND_MODULES = ["detect", "embed", "info", "bench"]
+COMMAND_MODULES = ["detect", "embed", "train", "pretrain", "eval", "export", "info", "bench"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"biomamba.cli.cmd_{_name}").register(app)
