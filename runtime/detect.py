@@ -129,6 +129,8 @@ class Detector:
         self.model_name = model_name
         self.classes = list(manifest.classes)
         self.max_frames = max(1, int(round(config.chunk_s * SAMPLE_RATE / HOP)))
+        # TensorRT engines take at most the frames of their optimisation profile.
+        self.max_frames = min(self.max_frames, getattr(backend, "max_frames", None) or self.max_frames)
         if config.threshold is not None:
             self.thresholds = np.full(len(self.classes), config.threshold, np.float32)
         else:
