@@ -70,25 +70,8 @@ class TrainingInterrupted(TrainingError):
 
 # --------------------------------------------------------------------------- parsing
 
-
-def parse_duration(text: str | float) -> float:
-    """Seconds from '5s', '2m', '1.5', '250ms' (a plain number means seconds). Raises ValueError."""
-    if isinstance(text, int | float):
-        value = float(text)
-    else:
-        t = str(text).strip().lower()
-        scale = 1.0
-        for suffix, factor in (("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-            if t.endswith(suffix):
-                t, scale = t[: -len(suffix)], factor
-                break
-        try:
-            value = float(t) * scale
-        except ValueError:
-            raise ValueError(f"{text!r} is not a duration (examples: 5s, 2m, 1.5)") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"a duration must be positive, got {text!r}")
-    return value
+# One duration syntax for every command (30s, 2m, plain seconds): the runtime's torch-free parser.
+from biomamba.runtime.durations import parse_duration  # noqa: E402,F401
 
 
 def check_choice(option: str, value, choices) -> None:

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from biomamba.checkpoint import file_sha256
+
 FORMAT = "bmamba-export"
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
@@ -140,16 +142,6 @@ def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
     return path
 
 
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_manifest(model_dir: str | os.PathLike, *, verify_hashes: bool = False) -> Manifest:
     """Read and check ``model_dir/model.json``. Raises ManifestError naming the folder and the reason.
 
@@ -185,7 +177,7 @@ def read_manifest(model_dir: str | os.PathLike, *, verify_hashes: bool = False) 
         file = manifest.graph_path(name)
         if not file.is_file():
             raise ManifestError(folder, f"graph file {manifest.graphs[name].file} is missing")
-        if verify_hashes and _file_sha256(file) != manifest.graphs[name].sha256:
+        if verify_hashes and file_sha256(file) != manifest.graphs[name].sha256:
             raise ManifestError(file, "SHA-256 does not match model.json (file changed or corrupt)")
     return manifest
 
