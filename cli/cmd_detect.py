@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -30,17 +31,19 @@ def register(app: typer.Typer) -> None:
         threshold_off: float = typer.Option(None, help="Hysteresis: an event ends below this (default 0.8 x threshold)."),
         window: str = typer.Option("3s", help="Window for clip-classification models."),
         threads: int = typer.Option(None, min=1, help="CPU threads for onnxruntime (default: all cores)."),
+        batch: int = typer.Option(None, min=1, help="Recordings run together, their chunks batched "
+                                                    "(default: 8 on a GPU backend, 1 on a CPU)."),
         journal: Path = typer.Option(None, help="Resume journal (default: OUT/.bmamba-journal.jsonl or ./ without --out)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Detect events in recordings of any length, chunk by chunk with carried state.
 
-        Writes <stem>.bmamba.<ext> per recording; a recording with nothing found still gets an
-        (empty) table. Exit status: 0 all processed, 1 some failed, 2 bad usage.
+        Writes <stem>.bmamba.<ext> per recording; a recording with nothing found still gets an (empty) table.
+        Exit status: 0 all processed, 1 some failed, 2 bad usage.
         """
         from biomamba.audio import find_audio
         from biomamba.runtime.backends import BackendError, open_backend
-        from biomamba.runtime.detect import JOURNAL_NAME, DetectConfig, Detector, run
+        from biomamba.runtime.detect import JOURNAL_NAME, DetectConfig, Detector, default_batch, run
         from biomamba.runtime.durations import DurationError, parse_duration
         from biomamba.runtime.journal import Journal, JournalError
         from biomamba.runtime.manifest import ManifestError
@@ -75,6 +78,9 @@ def register(app: typer.Typer) -> None:
             detector = Detector(engine, manifest, config, reference=reference, model_name=name)
         except (ManifestError, BackendError, ValueError) as e:
             fail(str(e), usage=True)
+        batch = batch or default_batch(engine)
+        if batch > 1 and (parity or backend == "torch"):
+            fail("--batch needs the onnxruntime or tensorrt backend and no --parity", usage=True)
 
         journal_obj = None
         if resume:
@@ -87,7 +93,8 @@ def register(app: typer.Typer) -> None:
                 fail(str(e), usage=True)
 
         try:
-            summary = _run_with_progress(detector, files, journal_obj, quiet or not sys.stderr.isatty(), run)
+            summary = _run_with_progress(detector, files, journal_obj, quiet or not sys.stderr.isatty(),
+                                         functools.partial(run, batch=batch))
         finally:
             if journal_obj is not None:
                 journal_obj.close()
