@@ -271,7 +271,11 @@ def test_batched_recordings_give_the_same_tables(exported, tmp_path):
         detector = Detector(open_backend(exported, "onnxruntime"), read_manifest(exported), config)
         calls = []
         original = detector.backend.run_chunk
-        detector.backend.run_chunk = lambda block, state: (calls.append(block.shape[0]), original(block, state))[1]
+        def counting(block, state, calls=calls, original=original):
+            calls.append(block.shape[0])
+            return original(block, state)
+
+        detector.backend.run_chunk = counting
         summary = run(detector, files, batch=batch)
         assert [r.status for r in summary.results] == ["ok"] * 5
         assert [r.path for r in summary.results] == files
