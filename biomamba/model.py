@@ -29,7 +29,7 @@ from .checkpoint import CheckpointError, load_weights, read_config, save_checkpo
 from .frontend import ConvFrontEnd
 from .mamba2 import Mamba2, MixerState
 from .presets import ModelConfig, get_preset
-from .streaming import CONTEXT, HOP, SAMPLE_RATE, StreamRunner, check_audio
+from .streaming import CONTEXT, HOP, SAMPLE_RATE, StreamRunner, check_audio, keep_resident_memory_flat
 
 TASKS = ("detect", "classify", "embed")
 POOLINGS = ("mean", "attention")
@@ -268,6 +268,7 @@ class ModelStream:
     """
 
     def __init__(self, model: BioMamba, max_frames: int = 1500):
+        keep_resident_memory_flat()
         self.model = model.eval()
         self._runner = StreamRunner(model.run_chunk, model.initial_state(1), max_frames)
         self._pool_logits = None      # running pooled logits (classify), as a weighted sum

@@ -35,7 +35,9 @@ class TorchBackend:
         except ImportError:
             raise BackendError("the PyTorch reference needs torch: pip install 'bmamba[train]'") from None
         from biomamba.model import BioMamba
+        from biomamba.streaming import keep_resident_memory_flat
 
+        keep_resident_memory_flat()
         self.model = BioMamba.load(model_dir, device=device)
         self.device = device
 
