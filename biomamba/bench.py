@@ -11,6 +11,8 @@ Each point (model, mode, length) runs in a fresh Python process, so that one poi
 Memory is ``torch.cuda.max_memory_allocated`` on CUDA, the process's peak resident set on CPU
 (which includes the Python interpreter, torch and the weights: ``base_mb`` reports that floor, the
 resident set just before the forward pass, and ``forward_mb`` = peak - base what the pass added).
+Every point runs with glibc's mmap threshold fixed at 1 MB (``keep_resident_memory_flat``), so
+the resident set measures what the pass holds, not what the allocator kept from freed buffers.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ def run_point(model_name: str, mode: str, length_s: float, preset: str, device: 
     import torch
 
     from .model import BioMamba
-    from .streaming import SAMPLE_RATE
+    from .streaming import SAMPLE_RATE, keep_resident_memory_flat
     from .transformer import TransformerBaseline
+
+    keep_resident_memory_flat()   # every point, every model: freed buffers go back to the system
 
     torch.manual_seed(seed)
     cls = {"biomamba": BioMamba, "transformer": TransformerBaseline}[model_name]

@@ -226,7 +226,8 @@ class BioMamba(AudioModel):
         for layer, s in zip(self.layers, state):
             x, s = layer(x, s)
             new_state.append(s)
-            layer_outputs.append(x)
+            if return_layers:  # kept only when asked: T x D per layer adds up on long recordings
+                layer_outputs.append(x)
         hidden = self.norm_f(x)
         return (hidden, new_state, layer_outputs) if return_layers else (hidden, new_state)
 

@@ -123,10 +123,11 @@ def decay_matrix(a: Tensor) -> Tensor:
 def ssd_chunked(x, dt, A, B, C, D, dt_bias, initial_state=None, chunk_size: int = 64):
     """The chunked SSD form. Shapes as in the module docstring; any T (padded to whole chunks).
 
-    Follows ``ssd_minimal_discrete`` (mamba-ssm) step by step, with the four parts named as there:
-    1. intra-chunk outputs (the diagonal blocks), 2. each chunk's final state from its own inputs,
-    3. the recurrence over chunks (the initial state enters here), 4. the contribution of the state
-    entering each chunk to that chunk's outputs.
+    Follows ``ssd_minimal_discrete`` (mamba-ssm) step by step, with the four parts named as there
+    (one function each, so that each step's temporaries are freed when it returns): 1. intra-chunk
+    outputs (the diagonal blocks), 2. each chunk's final state from its own inputs, 3. the recurrence
+    over chunks (the initial state enters here), 4. the contribution of the state entering each
+    chunk to that chunk's outputs.
 
     Layout: [b, g, k, c, l, ...] = batch, group, head within the group, chunk, step in the chunk, so
     that the matmuls run over the trailing axes and B, C (shared by the k heads of a group) are
@@ -154,25 +155,41 @@ def ssd_chunked(x, dt, A, B, C, D, dt_bias, initial_state=None, chunk_size: int 
     Cc = Cp.reshape(batch, n_chunks, chunk_size, n_groups, n_state).permute(0, 3, 1, 2, 4)[:, :, None]
     a_cum = a @ tril_ones(chunk_size, a).T                              # cumsum in chunk, [b, g, k, c, l]
 
-    # 1. Intra-chunk (diagonal blocks): y_i = sum_{j<=i} (C_i . B_j) exp(a_{j+1..i}) X_j
+    y = _intra_chunk(X, a, Bc, Cc)                                      # 1.
+    entering, final = _pass_states(state0, _chunk_states(X, a_cum, Bc), a_cum)   # 2. and 3.
+    y = y + _state_outputs(Cc, entering, a_cum)                         # 4.
+
+    y = y.permute(0, 3, 4, 1, 2, 5).reshape(batch, n_chunks * chunk_size, n_heads, head_dim)
+    y = y[:, :length] + D.to(dtype)[:, None] * xf[:, :length]
+    return y.to(x.dtype), final.reshape(batch, n_heads, head_dim, n_state)
+
+
+def _intra_chunk(X, a, Bc, Cc):
+    """1. Diagonal blocks: y_i = sum_{j<=i} (C_i . B_j) exp(a_{j+1..i}) X_j -> [b, g, k, c, l, p]."""
     CB = Cc @ Bc.transpose(-1, -2)                                      # [b, g, 1, c, l(i), l(j)]
-    Y_diag = (CB * decay_matrix(a)) @ X                                 # [b, g, k, c, l, p]
+    return (CB * decay_matrix(a)) @ X
 
-    # 2. Each chunk's final state from its own inputs: sum_j exp(a_{j+1..end}) B_j X_j^T
+
+def _chunk_states(X, a_cum, Bc):
+    """2. Each chunk's final state from its own inputs: sum_j exp(a_{j+1..end}) B_j X_j^T -> [b, g, k, c, n, p]."""
     decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)                   # [b, g, k, c, l]
-    local_states = Bc.transpose(-1, -2) @ (X * decay_to_end[..., None])  # [b, g, k, c, n, p]
+    return Bc.transpose(-1, -2) @ (X * decay_to_end[..., None])
 
-    # 3. Recurrence over chunks, as one matmul: the state entering chunk z (z = 0..c) is
-    #    sum_{j<=z} exp(a_{chunks j+1..z}) S_j, with S_0 the initial state.
-    s0 = state0.reshape(batch, n_groups, k, head_dim, n_state).transpose(-1, -2)[:, :, :, None]
+
+def _pass_states(state0, local_states, a_cum):
+    """3. The recurrence over chunks, as one matmul: the state entering chunk z (z = 0..c) is
+    sum_{j<=z} exp(a_{chunks j+1..z}) S_j, with S_0 the initial state [b, h, p, n].
+
+    Returns the state entering each chunk [b, g, k, c, n, p] and the final state [b, g, k, p, n].
+    """
+    b, g, k = local_states.shape[:3]
+    s0 = state0.reshape(b, g, k, *state0.shape[2:]).transpose(-1, -2)[:, :, :, None]
     states = torch.cat([s0, local_states], dim=3)                       # [b, g, k, c+1, n, p]
     decay_chunks = decay_matrix(F.pad(a_cum[..., -1], (1, 0)))          # [b, g, k, c+1, c+1]
     entering = (decay_chunks @ states.flatten(-2)).reshape(states.shape)
-    final_state = entering[:, :, :, -1].transpose(-1, -2).reshape(batch, n_heads, head_dim, n_state)
+    return entering[:, :, :, :-1], entering[:, :, :, -1].transpose(-1, -2)
 
-    # 4. State -> output inside each chunk: y_i += exp(a_{1..i}) C_i . h_in
-    Y_off = (Cc @ entering[:, :, :, :-1]) * torch.exp(a_cum)[..., None]  # [b, g, k, c, l, p]
 
-    y = (Y_diag + Y_off).permute(0, 3, 4, 1, 2, 5).reshape(batch, n_chunks * chunk_size, n_heads, head_dim)
-    y = y[:, :length] + D.to(dtype)[:, None] * xf[:, :length]
-    return y.to(x.dtype), final_state
+def _state_outputs(Cc, entering, a_cum):
+    """4. State -> output inside each chunk: exp(a_{1..i}) C_i . h_in -> [b, g, k, c, l, p]."""
+    return (Cc @ entering) * torch.exp(a_cum)[..., None]
