@@ -29,7 +29,14 @@ from .checkpoint import CheckpointError, load_weights, read_config, save_checkpo
 from .frontend import ConvFrontEnd
 from .mamba2 import Mamba2, MixerState
 from .presets import ModelConfig, get_preset
-from .streaming import CONTEXT, HOP, SAMPLE_RATE, StreamRunner, check_audio, keep_resident_memory_flat
+from .streaming import (
+    CONTEXT,
+    HOP,
+    SAMPLE_RATE,
+    StreamRunner,
+    check_audio,
+    keep_resident_memory_flat,
+)
 
 TASKS = ("detect", "classify", "embed")
 POOLINGS = ("mean", "attention")
