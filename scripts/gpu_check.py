@@ -341,7 +341,7 @@ def check_model_on_cuda(report: Report, backend: Backend) -> dict[str, Any]:
         model = copy.deepcopy(cpu_model).to(device)
         row: dict[str, Any] = {}
         for path in paths:
-            def one(path=path):
+            def one(path=path, model=model, ref=ref, name=name, row=row):
                 set_path(model, path)
                 got = model.predict(audio)
                 err = float(np.abs(got - ref).max())

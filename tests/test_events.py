@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from biomamba.runtime.events import Event, EventTracker, detect_events
 
 EPS = 1e-9

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from biomamba.runtime import journal as journal_module
 from biomamba.runtime.journal import Journal, JournalError
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from biomamba.runtime import writers
 from biomamba.runtime.events import Event
 from biomamba.runtime.writers import (
