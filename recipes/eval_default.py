@@ -80,7 +80,7 @@ def main() -> None:
               "phoebe": phoebe_scores(model, args.phoebe, args.threshold),
               "soundscape": soundscape_scores(model, args.soundscape, args.threshold)}
     args.report.write_text(json.dumps(result, indent=2) + "\n")
-    summary = {k: v for part in ("phoebe", "soundscape") for k, v in result[part].items()
+    summary = {f"{part}.{k}": v for part in ("phoebe", "soundscape") for k, v in result[part].items()
                if not isinstance(v, list)}
     print(json.dumps(summary, indent=2))
 

@@ -13,8 +13,9 @@ path. Subcommands:
   split is in them (see PRETRAIN_SOURCES).
 - ``detect WORK --test-fold K``: detection listings (BEANS JSONL) for the default model; see
   `detect_listings`.
+- ``attribution LISTING``: the recordist and licence of every phoebe clip in a listing (markdown).
 
-Usage: ``python recipes/layout.py {folds,cv,pretrain,detect} ...`` (``--help`` per subcommand).
+Usage: ``python recipes/layout.py {folds,cv,pretrain,detect,attribution} ...`` (``--help`` per subcommand).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 FOLDS_CSV = REPO / "recipes" / "phoebe_folds.csv"
 N_FOLDS = 5
 SOUNDSCAPE_TEST = 12     # maad soundscape clips held out from every stage of the default model
+# Phoebe clips left out of the default model: 132865 is CC BY-SA 3.0, whose ShareAlike terms do not
+# allow an adaptation under a NonCommercial licence, and the model is CC BY-NC-SA (the other 99).
+DEFAULT_MODEL_EXCLUDE = {"132865"}
 
 # Pre-training audio (relative to the data root): BSD-3 soundscapes and MIT field-recorder files.
 # Left out: the phoebe clips (they are the fine-tuning test folds), the GWWA_XC xeno-canto files
@@ -162,7 +166,7 @@ def held_out_soundscape(root: Path, n: int) -> list[Path]:
 def detect_listings(root: Path, test_fold: int | None, n_soundscape_test: int) -> dict[str, list[dict]]:
     """BEANS detection rows for the default model.
 
-    Positives: every phoebe clip, one event over the whole clip labelled with its species (the
+    Positives: every phoebe clip but DEFAULT_MODEL_EXCLUDE, one event over the whole clip labelled with its species (the
     clips were cut to the species' presence window, so these are weak labels: the bird does not
     sing in every 20 ms frame). Negatives: the 10 s maad soundscape clips (a tropical forest where
     none of the 10 North-American species occurs), no events. Held out for testing: the phoebe
@@ -174,6 +178,8 @@ def detect_listings(root: Path, test_fold: int | None, n_soundscape_test: int) -
     held_soundscape = set(held_out_soundscape(root, n_soundscape_test))
     out = {"train": [], "test": [], "test_phoebe": [], "test_soundscape": []}
     for clip, species, fold in rows:
+        if clip in DEFAULT_MODEL_EXCLUDE:
+            continue
         path = clip_path(root, clip)
         length = audio_info(path).duration_s
         row = {"path": str(path), "length": length, "annotations": [{"st": 0.0, "ed": length, "label": species}]}
@@ -196,6 +202,30 @@ def cmd_detect(args) -> None:
             print(f"wrote {work / (name + '.jsonl')} ({len(rows)} recordings)")
 
 
+def clip_licences(root: Path) -> dict[str, dict]:
+    """clip id -> {author, url, license} from phoebe/audio/data/licenses.md (a markdown table)."""
+    out = {}
+    for line in (root / "phoebe" / "audio" / "data" / "licenses.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].endswith(".mp3"):
+            out[cells[0][:-4]] = {"author": cells[1], "url": "https:" + cells[2], "license": "https:" + cells[3]}
+    return out
+
+
+def cmd_attribution(args) -> None:
+    """A markdown table of the phoebe clips in a detection listing, with author and licence."""
+    root = data_root(args.data)
+    licences = clip_licences(root)
+    species = {c: s for c, s, _ in read_folds()}
+    lines = ["| xeno-canto clip | species | recordist | licence |", "|---|---|---|---|"]
+    for line in Path(args.listing).read_text().splitlines():
+        clip = Path(json.loads(line)["path"])
+        if clip.suffix == ".mp3":
+            c = licences[clip.stem]
+            lines.append(f"| [XC{clip.stem}]({c['url']}) | {species[clip.stem]} | {c['author']} | {c['license']} |")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="the real-data root (default ../shared/data/real)")
@@ -215,6 +245,9 @@ def main() -> None:
     p.add_argument("--soundscape-test", type=int, default=SOUNDSCAPE_TEST,
                    help="soundscape clips held out (0: none)")
     p.set_defaults(func=cmd_detect)
+    p = sub.add_parser("attribution", help="markdown table of the phoebe clips in a detection listing")
+    p.add_argument("listing")
+    p.set_defaults(func=cmd_attribution)
     args = parser.parse_args()
     args.func(args)
 
