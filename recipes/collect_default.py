@@ -35,6 +35,12 @@ def main() -> None:
     sizes = {f: (work / "export" / f).stat().st_size for f in EXPORT_FILES}
     soundscape = {k: v for k, v in default["soundscape"].items() if k != "events"}
     soundscape["events"] = default["soundscape"]["events"][:20]
+    other = []
+    for table in sorted((work / "detect-other").glob("*.bmamba.json")):
+        d = json.loads(table.read_text())
+        other.append({"file": Path(d["file"]).name, "duration_s": d["duration_s"], "false_events": len(d["events"]),
+                      "labels": sorted({e["label"] for e in d["events"]}),
+                      "max_score": max((e["score"] for e in d["events"]), default=None)})
     result = {
         "task": "detect: per-frame (20 ms) sigmoid for each of 10 species",
         "classes": config.get("classes"),
@@ -52,6 +58,7 @@ def main() -> None:
             "phoebe": default["phoebe"],
             "soundscape": soundscape,
             "threshold": default["threshold"],
+            "other_sites": other,
         },
         "export": {"variant": "portable", "precision": "fp32", "bytes": sizes, "total_mb": sum(sizes.values()) / 2**20},
         "detect_check": {k: detect.get(k) for k in ("files", "failed", "audio_s", "wall_s", "rtf", "backend")},
@@ -64,6 +71,7 @@ def main() -> None:
     print(json.dumps({k: v for k, v in result["held_out"].items() if k in ("beans_window_map", "threshold")}))
     print(json.dumps({k: v for k, v in default["phoebe"].items() if k != "clips"}))
     print(json.dumps({k: v for k, v in soundscape.items() if k != "events"}))
+    print(json.dumps(other))
 
 
 if __name__ == "__main__":

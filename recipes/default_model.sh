@@ -80,4 +80,10 @@ SOUNDSCAPE=$(python -c "import json; print(json.loads(open('$WORK/test_soundscap
 PHOEBE=$(python -c "import json; print(json.loads(open('$WORK/test_phoebe.jsonl').readline())['path'])")
 $BMAMBA detect "$SOUNDSCAPE" "$PHOEBE" --model "$WORK/export" --format json --out "$WORK/detect-check" \
     --no-resume --report "$WORK/detect-check/report.json" -q
+# recordings from other sites whose sounds are none of the 10 species (a tropical spinetail and
+# crake, a toad chorus, a grouse drumming), none heard in training: every event here is false
+DATA=$(python -c "from recipes.layout import data_root; print(data_root(None))")
+$BMAMBA detect "$DATA/maad/data/spinetail.wav" "$DATA/oss/tests/audio/great_plains_toad.wav" \
+    "$DATA/oss/tests/audio/rugr_drum.wav" --model "$WORK/export" --format json --out "$WORK/detect-other" \
+    --no-resume -q
 python recipes/collect_default.py "$WORK"
