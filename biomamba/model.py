@@ -135,6 +135,11 @@ class AudioModel(nn.Module):
     def encode(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def encode_layers(self, frames: torch.Tensor, mask: torch.Tensor | None = None):
+        """frames [B, T, D] -> (hidden [B, T, D], each layer's output [B, T, D] before the final
+        norm); pre-training clusters a layer's output for its phase-2 labels."""
+        raise NotImplementedError
+
     def frame_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, D] -> per-frame class logits [B, T, C]."""
         if self.head is None:
@@ -242,6 +247,10 @@ class BioMamba(AudioModel):
         # Causal: frames past the end of a shorter clip cannot affect its valid frames; mask unused.
         return self.encode_with_state(frames)[0]
 
+    def encode_layers(self, frames: torch.Tensor, mask: torch.Tensor | None = None):
+        hidden, _, layers = self.encode_with_state(frames, return_layers=True)
+        return hidden, layers
+
     def step_chunk(self, block: torch.Tensor, state: list[MixerState]):
         """The streaming step: block [B, 320*n + 80] (context + n frames) -> (hidden [B, n, D], state)."""
         return self.encode_with_state(self.frontend(block), state)
@@ -339,7 +348,7 @@ def register_architecture(cls: type[AudioModel]) -> type[AudioModel]:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> AudioModel:
-    """Load any bmamba checkpoint (BioMamba or the Transformer baseline)."""
-    from . import transformer  # noqa: F401  (registers the baseline)
+    """Load any bmamba checkpoint (BioMamba, the Transformer baseline, the pre-training teacher)."""
+    from . import pretrain, transformer  # noqa: F401  (they register their architectures)
 
     return AudioModel.load(path, device)

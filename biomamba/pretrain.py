@@ -16,8 +16,14 @@ HuBERT's recipe (fairseq ``examples/hubert``; defaults here are its published on
   encoder (`compute_mask`). Unlike fairseq we do not trim every row to the batch's smallest
   masked count (``require_same_masks``): spans stay whole;
 - loss: the encoder output projected to ``final_dim`` (256), cosine similarity with learned label
-  embeddings divided by a temperature (0.1), cross-entropy on the masked frames only; plus a
-  feature penalty (mean square of the CNN features, weight 10); the CNN's gradient scaled by 0.1;
+  embeddings divided by a temperature (0.1), cross-entropy on the masked frames only; the CNN's
+  gradient scaled by 0.1. HuBERT adds a feature penalty (mean square of the CNN features, weight
+  10) that keeps the scale of its GroupNorm front end's output down. Here it is an option with
+  default 0: our front end has a per-frame LayerNorm and GELU after every conv, so the penalty can
+  only be lowered by driving the last layer's activations into GELU's flat negative side, which
+  makes the features nearly constant; the front end is then frozen for fine-tuning. On the phoebe
+  cross-validation (recipes/README.md) weight 10 left every pre-trained model at chance
+  (BioMamba causal 0.12 +- 0.06) and weight 0 did not (0.36 +- 0.09);
 - optimisation: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.01, lr 5e-4, linear warm-up over 8 %
   of the steps then linear decay to 0, gradient clip 10.
 
@@ -63,8 +69,10 @@ from .mfcc import FRAME_LENGTH, FRAME_SHIFT, compute_deltas, mfcc_13
 from .model import AudioModel, BioMamba, pad_for_frontend, register_architecture
 from .presets import ModelConfig
 from .streaming import CONTEXT, HOP, FrameBuffer
+from .transformer import TransformerBaseline
 
 RECIPES = ("causal", "bidirectional-teacher", "future")
+ARCHITECTURES = ("biomamba", "transformer")
 HEADS_FILE = "heads.safetensors"
 IGNORE = -100  # label of padded frames
 DEFAULT_FUTURE_FRAMES = 4
@@ -117,14 +125,6 @@ def reverse_index(lengths: torch.Tensor, n: int) -> torch.Tensor:
 
 def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, index[..., None].expand_as(x))
-
-
-def encoder_layers(encoder: AudioModel, frames: torch.Tensor, mask: torch.Tensor | None = None):
-    """(hidden [B, T, D], per-layer outputs [B, T, D] each) of a BioMamba or the teacher."""
-    if isinstance(encoder, BidirectionalBioMamba):
-        return encoder.encode_layers(frames, mask)
-    hidden, _, layers = encoder.encode_with_state(frames, return_layers=True)
-    return hidden, layers
 
 
 # --------------------------------------------------------------------------- masking
@@ -202,7 +202,7 @@ class PretrainModel(nn.Module):
     """
 
     def __init__(self, encoder: AudioModel, n_labels: int, final_dim: int = 256, future_frames: int = 0,
-                 temperature: float = 0.1, feature_penalty: float = 10.0, cnn_grad_scale: float = 0.1,
+                 temperature: float = 0.1, feature_penalty: float = 0.0, cnn_grad_scale: float = 0.1,
                  future_weight: float = 1.0):
         super().__init__()
         d = encoder.config.d_model
@@ -227,7 +227,7 @@ class PretrainModel(nn.Module):
         penalty = (features.float().pow(2).mean(-1) * valid).sum() / valid.sum().clamp(min=1)
         frames = frontend.project(features)
         frames = torch.where(mask[..., None], self.mask_embedding.to(frames.dtype), frames)
-        hidden, _ = encoder_layers(self.encoder, frames, valid)
+        hidden, _ = self.encoder.encode_layers(frames, valid)
         masked_loss, correct, n = label_loss(self.proj(hidden), self.label_embeddings, labels, mask & valid,
                                              self.temperature)
         future_loss = hidden.new_zeros((), dtype=torch.float32)
@@ -323,11 +323,11 @@ def _rms_normalise(x: np.ndarray) -> np.ndarray:
 def layer_features(model: AudioModel, layer: int, path: str | Path, chunk_s: float = 30.0) -> Iterator[np.ndarray]:
     """Output of ``layer`` (1-based) of a model, RMS-normalised per frame, one row per model
     frame, in blocks [n, D] float32. A causal BioMamba runs streaming with carried state (equal to
-    a whole run); the bidirectional teacher runs on pieces of ``chunk_s`` seconds each seen whole
-    (chunk_s must be a whole number of 20 ms frames)."""
+    a whole run); a model that sees both directions (the bidirectional teacher, the Transformer)
+    runs on pieces of ``chunk_s`` seconds each seen whole (a whole number of 20 ms frames)."""
     model.eval()
     device = next(model.parameters()).device
-    if isinstance(model, BidirectionalBioMamba):
+    if not isinstance(model, BioMamba):
         if round(chunk_s * SAMPLE_RATE) % HOP:
             raise ValueError(f"chunk_s {chunk_s} is not a whole number of 20 ms frames")
         for block in iter_audio(path, block_s=chunk_s):
@@ -493,6 +493,7 @@ class PretrainConfig:
     from_scratch: bool = False           # phase 2: a fresh model (HuBERT), not continuing from init
     layer: int | None = None             # phase 2, 1-based; default n_layers // 2
     recipe: str = "causal"
+    architecture: str = "biomamba"       # or "transformer": the baseline, HuBERT's recipe as is
     future_frames: int | None = None     # default 4 for recipe "future", else 0
     future_weight: float = 1.0
     preset: str = "base"
@@ -501,7 +502,7 @@ class PretrainConfig:
     min_masks: int = 2
     final_dim: int = 256
     temperature: float = 0.1
-    feature_penalty: float = 10.0
+    feature_penalty: float = 0.0         # HuBERT: 10; collapses our LayerNorm front end (see above)
     cnn_grad_scale: float = 0.1
     steps: int = 100_000
     crop_s: float = 5.0
@@ -523,7 +524,7 @@ class PretrainConfig:
     resume: bool = False
 
 
-RESUME_KEYS = ("audio", "phase", "clusters", "init", "labels_from", "layer", "recipe", "future_frames",
+RESUME_KEYS = ("audio", "phase", "clusters", "init", "labels_from", "layer", "recipe", "architecture", "future_frames",
                "preset", "mask_prob", "mask_length", "crop_s", "batch_size", "seed", "steps")
 
 
@@ -560,7 +561,7 @@ def _label_source(cfg: PretrainConfig, device: torch.device):
     if source is None:
         raise ValueError("phase 2 needs the phase-1 model: pass --init (or --labels-from)")
     model = tu.load_model_from(source, device).eval()
-    n = model.config.n_layers
+    n = len(model.layers)
     layer = cfg.layer if cfg.layer is not None else max(1, n // 2)
     if not 1 <= layer <= n:
         raise ValueError(f"--layer {layer}: the label model has layers 1..{n}")
@@ -572,11 +573,16 @@ def _label_source(cfg: PretrainConfig, device: torch.device):
 
 
 def _build_encoder(cfg: PretrainConfig) -> AudioModel:
-    """Phase 1 of the teacher recipe trains the bidirectional teacher, everything else a causal
-    BioMamba; from ``init`` (its encoder) unless there is none or phase 2 asks for a fresh model."""
-    arch = "biomamba-bidirectional" if cfg.recipe == "bidirectional-teacher" and cfg.phase == 1 else "biomamba"
+    """The model to train: the Transformer baseline (``architecture="transformer"``, HuBERT's own
+    recipe); else phase 1 of the teacher recipe trains the bidirectional teacher, everything else a
+    causal BioMamba. From ``init`` (its encoder) unless there is none or phase 2 asks for a fresh one."""
+    if cfg.architecture == "transformer":
+        arch, cls = "transformer", TransformerBaseline
+    elif cfg.recipe == "bidirectional-teacher" and cfg.phase == 1:
+        arch, cls = "biomamba-bidirectional", BidirectionalBioMamba
+    else:
+        arch, cls = "biomamba", BioMamba
     if cfg.init is None or (cfg.phase == 2 and cfg.from_scratch):
-        cls = BidirectionalBioMamba if arch == "biomamba-bidirectional" else BioMamba
         return cls.from_preset(cfg.preset, task="embed")
     from .train import model_from_init
 
@@ -586,6 +592,10 @@ def _build_encoder(cfg: PretrainConfig) -> AudioModel:
 def check_options(cfg: PretrainConfig) -> None:
     """Raise ValueError naming the first option out of its range."""
     tu.check_choice("--recipe", cfg.recipe, RECIPES)
+    tu.check_choice("--architecture", cfg.architecture, ARCHITECTURES)
+    if cfg.architecture == "transformer" and cfg.recipe != "causal":
+        raise ValueError(f"--recipe {cfg.recipe} is for BioMamba; the Transformer baseline takes HuBERT's "
+                         "own recipe (leave --recipe at causal)")
     tu.check_choice("--phase", cfg.phase, (1, 2))
     tu.check_choice("--amp", cfg.amp, tu.AMP_CHOICES)
     tu.check_choice("--preset", cfg.preset, ("tiny", "edge", "base"))

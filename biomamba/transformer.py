@@ -56,9 +56,14 @@ class TransformerBaseline(AudioModel):
                                     for _ in range(config.tf_layers))
 
     def encode(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encode_layers(frames, mask)[0]
+
+    def encode_layers(self, frames: torch.Tensor, mask: torch.Tensor | None = None):
         pos = self.pos_conv(frames.transpose(1, 2))[..., : frames.shape[1]]   # even kernel: drop the extra frame
         x = self.norm(frames + F.gelu(pos).transpose(1, 2))
         key_mask = None if mask is None or bool(mask.all()) else mask
+        outputs = []
         for layer in self.layers:
             x = layer(x, key_mask)
-        return x
+            outputs.append(x)
+        return x, outputs

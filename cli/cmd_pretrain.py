@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         recipe: str = typer.Option("causal", help="causal, bidirectional-teacher (phase 1 trains a bidirectional "
                                                   "teacher, phase 2 a causal student on its labels), or future "
                                                   "(adds heads predicting the next frames' labels)."),
+        architecture: str = typer.Option("biomamba", help="biomamba, or transformer (the baseline, with HuBERT's "
+                                                          "recipe as is)."),
         future_frames: int = typer.Option(None, help="Heads predicting labels of frames t+1..t+K (default 4 for "
                                                      "recipe future, else 0)."),
         future_weight: float = typer.Option(1.0, help="Weight of the future-frame loss."),
@@ -34,7 +36,8 @@ def register(app: typer.Typer) -> None:
         min_masks: int = typer.Option(2, help="At least this many spans per crop (HuBERT 2)."),
         final_dim: int = typer.Option(256, help="Projection size of the prediction head (HuBERT 256)."),
         temperature: float = typer.Option(0.1, help="Cosine-logit temperature (HuBERT 0.1)."),
-        feature_penalty: float = typer.Option(10.0, help="Weight of the CNN feature penalty (HuBERT 10)."),
+        feature_penalty: float = typer.Option(0.0, help="Weight of the CNN feature penalty (HuBERT: 10, which "
+                                                       "collapses this LayerNorm front end; see bmamba.pretrain)."),
         cnn_grad_scale: float = typer.Option(0.1, help="Gradient scale of the CNN front end (HuBERT 0.1)."),
         steps: int = typer.Option(100_000, help="Optimizer steps."),
         crop: str = typer.Option("5s", help="Crop length per item."),
@@ -72,7 +75,8 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = PretrainConfig(
                 audio=list(audio), out=out, phase=phase, clusters=clusters, init=init, labels_from=labels_from,
-                from_scratch=from_scratch, layer=layer, recipe=recipe, future_frames=future_frames,
+                from_scratch=from_scratch, layer=layer, recipe=recipe, architecture=architecture,
+                future_frames=future_frames,
                 future_weight=future_weight, preset=preset, mask_prob=mask_prob, mask_length=mask_length,
                 min_masks=min_masks, final_dim=final_dim, temperature=temperature, feature_penalty=feature_penalty,
                 cnn_grad_scale=cnn_grad_scale, steps=steps, crop_s=parse_duration(crop), batch_size=batch_size,

@@ -6,7 +6,7 @@
 #
 #   recipes/phoebe_cv.sh                      # everything, into $WORK (default /work/runs/phoebe-cv)
 #   WORK=/data/cv DEVICE=cuda recipes/phoebe_cv.sh
-#   BMAMBA="torchrun --nproc_per_node 4 -m biomamba.cli.app" PYRUN="torchrun --nproc_per_node 4" \
+#   BMAMBA="torchrun --nproc_per_node 4 -m biomamba.cli.app" \
 #       DEVICE=cuda recipes/phoebe_cv.sh      # several GPUs (batch sizes are per process)
 #
 # Re-running skips every step already recorded in $WORK/times.tsv (delete a line to redo it).
@@ -17,7 +17,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-/work/runs/phoebe-cv}
 BMAMBA=${BMAMBA:-bmamba}
-PYRUN=${PYRUN:-python}   # launches recipes/pretrain_transformer.py
+
 DEVICE=${DEVICE:-auto}
 SEED=${SEED:-0}
 PRESET=${PRESET:-edge}
@@ -80,12 +80,11 @@ for recipe in $RECIPES; do
       --phase 2 --init "$WORK/pt/$recipe-p1/last" --out "$WORK/pt/$recipe-p2"
 done
 # The Transformer has no causal/teacher distinction (it sees the whole clip): HuBERT's own recipe,
-# MFCC labels then its middle layer's (layer 1 of 2). bmamba pretrain cannot build a Transformer
-# yet; pretrain_transformer.py runs the same code with a Transformer encoder.
-timed "pretrain-transformer-p1" $PYRUN recipes/pretrain_transformer.py "${PT_AUDIO[@]}" "${PT_COMMON[@]}" \
+# MFCC labels then its middle layer's (layer 1 of 2).
+timed "pretrain-transformer-p1" $BMAMBA pretrain "${PT_AUDIO[@]}" "${PT_COMMON[@]}" --architecture transformer \
     --phase 1 --out "$WORK/pt/transformer-p1"
-timed "pretrain-transformer-p2" $PYRUN recipes/pretrain_transformer.py "${PT_AUDIO[@]}" "${PT_COMMON[@]}" \
-    --phase 2 --init "$WORK/pt/transformer-p1/last" --layer 1 --out "$WORK/pt/transformer-p2"
+timed "pretrain-transformer-p2" $BMAMBA pretrain "${PT_AUDIO[@]}" "${PT_COMMON[@]}" --architecture transformer \
+    --phase 2 --init "$WORK/pt/transformer-p1/last" --out "$WORK/pt/transformer-p2"
 
 # 3. Fine-tuning the pre-trained encoders.
 for k in 1 2 3 4 5; do

@@ -35,6 +35,7 @@ from biomamba.pretrain import (
     pretrain,
 )
 from biomamba.trainutil import LAST, TrainingInterrupted
+from biomamba.transformer import TransformerBaseline
 from conftest import perturb_
 
 SR = 16000
@@ -137,7 +138,8 @@ def test_feature_penalty_and_cnn_gradient_scale():
     grads, outs = [], []
     for scale in (1.0, 0.1):
         torch.manual_seed(0)
-        model = PretrainModel(perturb_(BioMamba.from_preset("tiny", task="embed")), 5, cnn_grad_scale=scale)
+        model = PretrainModel(perturb_(BioMamba.from_preset("tiny", task="embed")), 5, cnn_grad_scale=scale,
+                              feature_penalty=10.0)   # HuBERT's weight (the option; our default is 0)
         out = model(audio, lengths, labels, mask)
         out["loss"].backward()
         grads.append(model.encoder.frontend.conv[0].weight.grad.clone())
@@ -311,6 +313,23 @@ def test_bidirectional_teacher_recipe(corpus, tmp_path):
     assert "biomamba-bidirectional-layer1" in student["label_source"]
     assert teacher["steps"] == student["steps"] == 4
     assert BioMamba.load(tmp_path / "t2" / LAST).task == "embed"   # the student is causal
+
+
+def test_transformer_baseline_takes_hubert_recipe(corpus, tmp_path):
+    """--architecture transformer: both phases; phase-2 labels from the middle of ITS layers (the
+    tiny baseline has 1 layer, so layer 1), computed on whole pieces (attention cannot stream);
+    the result fine-tunes as a Transformer; a BioMamba-only recipe is refused."""
+    pretrain(tiny_pretrain(corpus, tmp_path / "p1", architecture="transformer", kmeans_fraction=1.0))
+    assert json.loads((tmp_path / "p1" / LAST / "config.json").read_text())["architecture"] == "transformer"
+    result = pretrain(tiny_pretrain(corpus, tmp_path / "p2", architecture="transformer", phase=2,
+                                    init=tmp_path / "p1", kmeans_fraction=1.0))
+    assert result["label_source"].startswith("transformer-layer1-")
+    from biomamba.train import model_from_init
+
+    tuned = model_from_init(tmp_path / "p2", "classify", ["a", "b"])
+    assert isinstance(tuned, TransformerBaseline)
+    with pytest.raises(ValueError, match="HuBERT's own recipe"):
+        pretrain(tiny_pretrain(corpus, tmp_path / "p3", architecture="transformer", recipe="future"))
 
 
 def test_future_recipe_adds_heads(corpus, tmp_path):
