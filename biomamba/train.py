@@ -84,6 +84,12 @@ class TrainConfig:
     hop_s: float = 1.0
     unknown_label: str | None = None
     label_column: str | None = None
+    # training augmentation: random gain (lo, hi) dB; background recordings (holding none of the
+    # classes) mixed in with probability background_prob at an SNR drawn from background_snr_db
+    gain_db: tuple[float, float] | None = None
+    backgrounds: tuple = ()
+    background_snr_db: tuple[float, float] = (0.0, 20.0)
+    background_prob: float = 0.5
     device: str = "auto"
     amp: str = "auto"
     workers: int = 0
@@ -154,6 +160,8 @@ def split_detection(dataset: CheckedDetectionDataset, fraction: float, seed: int
 def build_datasets(cfg: TrainConfig, task: str):
     """(train dataset, valid dataset or None, classes, notes) for a config."""
     notes = []
+    augment = dict(gain_db=cfg.gain_db, backgrounds=list(cfg.backgrounds), snr_db=cfg.background_snr_db,
+                   background_prob=cfg.background_prob)   # used by training datasets only (train=True)
     if task == "classify":
         items, bad = classification_items(Path(cfg.data))
         notes += [f"skipped unreadable {p}: {r}" for p, r in bad]
@@ -162,7 +170,7 @@ def build_datasets(cfg: TrainConfig, task: str):
 
         def make(listing, train: bool, classes=None):
             return ClassificationDataset(listing, classes=classes, unknown_label=cfg.unknown_label,
-                                         crop_s=cfg.crop_s, train=train, seed=cfg.seed)
+                                         crop_s=cfg.crop_s, train=train, seed=cfg.seed, **augment)
 
         full_train = make(items, True)
         classes = full_train.classes
@@ -180,7 +188,7 @@ def build_datasets(cfg: TrainConfig, task: str):
     def make_det(source, train: bool, classes=None):
         ds = CheckedDetectionDataset(Path(source), window_s=cfg.window_s, hop_s=cfg.hop_s, classes=classes,
                                      unknown_label=cfg.unknown_label, label_column=cfg.label_column,
-                                     train=train, seed=cfg.seed)
+                                     train=train, seed=cfg.seed, **augment)
         notes.extend(f"skipped unreadable {p}: {r}" for p, r in ds.unreadable)
         notes.extend(f"skipped {p}: no annotation table next to it" for p in ds.skipped)
         return ds

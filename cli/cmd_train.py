@@ -39,6 +39,12 @@ def register(app: typer.Typer) -> None:
         hop: str = typer.Option("1s", help="Detect: window hop (BEANS: half the window)."),
         unknown_label: str = typer.Option(None, help="Map labels outside the classes to this one (BEANS enabirds: OTHR)."),
         label_column: str = typer.Option(None, help="Raven column holding the label."),
+        background: list[str] = typer.Option(None, help="Augmentation: recordings (files, folders, globs; "
+                                                        "repeatable) holding none of the classes, mixed into "
+                                                        "training items."),
+        background_snr: str = typer.Option("0,20", help="SNR range in dB for --background."),
+        background_prob: float = typer.Option(0.5, help="Share of training items that get a background."),
+        gain: str = typer.Option(None, help="Augmentation: random gain range in dB, e.g. -6,6."),
         out: Path = typer.Option(Path("bmamba-train"), help="Run folder: last/, best/, log.jsonl, args.json."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 on CUDA), bf16, fp16, none."),
@@ -62,14 +68,25 @@ def register(app: typer.Typer) -> None:
             fail(f"--valid {valid}: no such file or folder", usage=True)
         if init is not None and not init.exists():
             fail(f"--init {init}: no such checkpoint folder", usage=True)
+        backgrounds = []
+        if background:
+            from biomamba.audio import find_audio
+
+            backgrounds, problems = find_audio(background)
+            if problems:
+                fail("--background " + "; ".join(f"{i}: {why}" for i, why in problems), usage=True)
         try:
             crop_s = None if crop.strip().lower() == "none" else parse_duration(crop)
+            snr_db = _pair(background_snr, "--background-snr")
+            gain_db = _pair(gain, "--gain") if gain else None
             cfg = TrainConfig(data=data, task=task, valid=valid, valid_fraction=valid_fraction, preset=preset,
                               architecture=architecture, init=init, freeze_frontend=freeze_frontend,
                               pooling=pooling, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                               weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip or None,
                               crop_s=crop_s, window_s=parse_duration(window), hop_s=parse_duration(hop),
-                              unknown_label=unknown_label, label_column=label_column, out=out, device=device,
+                              unknown_label=unknown_label, label_column=label_column, gain_db=gain_db,
+                              backgrounds=tuple(backgrounds), background_snr_db=snr_db,
+                              background_prob=background_prob, out=out, device=device,
                               amp=amp, workers=workers, seed=seed, resume=resume)
             check_options(cfg)
         except ValueError as e:
@@ -82,3 +99,14 @@ def register(app: typer.Typer) -> None:
             fail("interrupted")
         if is_main_process():
             typer.echo(json.dumps({k: v for k, v in result.items() if k != "notes"}))
+
+
+def _pair(text: str, option: str) -> tuple[float, float]:
+    """'0,20' -> (0.0, 20.0); ValueError naming the option otherwise."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: give two numbers, low,high (e.g. 0,20)") from None
+    if lo > hi:
+        raise ValueError(f"{option} {text!r}: low is above high")
+    return lo, hi

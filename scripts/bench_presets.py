@@ -64,16 +64,15 @@ def main() -> None:
             torch.manual_seed(0)
             model = BioMamba.from_preset(preset, task="detect", classes=[f"c{i}" for i in range(10)]).eval()
             row = {"preset": preset, "parameters": model.num_parameters()}
-            row["torch_whole"] = best_of(lambda: model.predict(audio), args.repeat)
+            row["torch_whole"] = best_of(lambda m=model: m.predict(audio), args.repeat)
             row["torch_stream"] = best_of(
-                lambda: stream_all(model.run_chunk, model.initial_state(1), audio, chunk_frames), args.repeat)
+                lambda m=model: stream_all(m.run_chunk, m.initial_state(1), audio, chunk_frames), args.repeat)
             model.save(Path(tmp) / preset)
             for variant in ("portable", "plugin"):
                 folder = export_model(Path(tmp) / preset, Path(tmp) / f"{preset}-{variant}", variant=variant)
                 backend = OnnxBackend(folder, threads=args.threads)
                 row[f"ort_{variant}"] = best_of(
-                    lambda: stream_all(backend.run_chunk, backend.initial_state(1), audio, chunk_frames), args.repeat)
-                del backend
+                    lambda b=backend: stream_all(b.run_chunk, b.initial_state(1), audio, chunk_frames), args.repeat)
             per_s = {k: round(1000 * v / args.seconds, 2) for k, v in row.items() if k.startswith(("torch", "ort"))}
             row.update({f"{k}_ms_per_s": v for k, v in per_s.items()})
             rows.append(row)

@@ -184,6 +184,25 @@ def test_detection_from_beans_jsonl(tmp_path):
     assert not short_audio[int(1.5 * SR):].any() and not short_frames.any()
 
 
+def test_detection_training_windows_take_backgrounds_targets_unchanged(tmp_path):
+    rng = np.random.default_rng()
+    write_wav(tmp_path / "rec.wav", ramp(4.0, rng))
+    noise_file = write_wav(tmp_path / "noise.wav", (rng.standard_normal(SR * 3) * 0.3).astype(np.float32))
+    rows = [{"path": "rec.wav", "length": 4.0, "annotations": [{"st": 0.5, "ed": 1.5, "label": "a"}]}]
+    (tmp_path / "d.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    plain = DetectionDataset(tmp_path / "d.jsonl", train=True, seed=1)
+    mixed = DetectionDataset(tmp_path / "d.jsonl", train=True, seed=1, backgrounds=[noise_file],
+                             snr_db=(5.0, 5.0), background_prob=1.0)
+    for i in range(len(plain)):
+        (clean, frames, window), (noisy, frames2, window2) = plain[i], mixed[i]
+        added = noisy.numpy().astype(np.float64) - clean.numpy()
+        assert 10 * np.log10(np.mean(clean.numpy().astype(np.float64) ** 2) / np.mean(added**2)) == pytest.approx(5.0, abs=0.01)
+        assert torch.equal(frames, frames2) and torch.equal(window, window2)
+    assert torch.equal(mixed[1][0], mixed[1][0])   # the same item twice: the same draw
+    evaluation = DetectionDataset(tmp_path / "d.jsonl", backgrounds=[noise_file], background_prob=1.0)
+    assert torch.equal(evaluation[0][0], plain[0][0])   # never on evaluation windows
+
+
 def test_detection_from_folder_with_tables(tmp_path):
     rng = np.random.default_rng()
     write_wav(tmp_path / "site1" / "r1.wav", ramp(4.0, rng))

@@ -145,6 +145,37 @@ def test_train_detect_end_to_end(tmp_path):
     assert json.loads((out / "last" / "config.json").read_text())["training"]["window_s"] == 2.0
 
 
+def test_augmentation_options_reach_the_training_windows(tmp_path, monkeypatch):
+    """--background/--background-snr/--background-prob/--gain go into the training dataset only."""
+    data, _ = make_detection_folder(tmp_path / "data", n=3, seed=2)
+    noise = tmp_path / "bg" / "noise.wav"
+    noise.parent.mkdir()
+    sf.write(noise, np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1, 16000)
+    import biomamba.train as T
+
+    seen = []
+    original = T.build_datasets
+
+    def spy(cfg, task):
+        train_ds, valid_ds, classes, notes = original(cfg, task)
+        seen.append((train_ds, valid_ds))
+        return train_ds, valid_ds, classes, notes
+
+    monkeypatch.setattr(T, "build_datasets", spy)
+    result = CliRunner().invoke(cli_app("train"), [
+        "train", str(data), "--preset", "tiny", "--epochs", "1", "--batch-size", "2", "--out", str(tmp_path / "o"),
+        "--device", "cpu", "--valid-fraction", "0.34", "--background", str(noise.parent),
+        "--background-snr", "3,9", "--background-prob", "0.7", "--gain", "-6,6"])
+    assert result.exit_code == 0, result.output
+    train_ds, valid_ds = seen[0]
+    mixer = train_ds.dataset.mix
+    assert mixer.backgrounds == [noise] and mixer.snr_db == (3.0, 9.0) and mixer.prob == 0.7
+    assert train_ds.dataset.gain_db == (-6.0, 6.0) and train_ds.dataset.train
+    assert not valid_ds.dataset.train     # evaluation windows are never augmented
+    bad = CliRunner().invoke(cli_app("train"), ["train", str(data), "--background-snr", "9", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--background-snr" in bad.output
+
+
 def test_frontend_frozen_by_default(tmp_path):
     data = make_class_folder(tmp_path / "data", per_class=2)
     torch.manual_seed(0)

@@ -64,6 +64,42 @@ def _apply_gain(audio: np.ndarray, gain_db: tuple[float, float] | None, rng: np.
 # --------------------------------------------------------------------------- classification
 
 
+class BackgroundMixer:
+    """Training augmentation: with probability `prob`, add a random piece of a random background
+    recording (tiled when shorter) at an SNR drawn from `snr_db` (lo, hi) dB. Backgrounds are read
+    only for the piece needed."""
+
+    def __init__(self, backgrounds: Sequence[str | Path] = (), snr_db: tuple[float, float] = (0.0, 20.0),
+                 prob: float = 0.5):
+        self.backgrounds = [Path(b) for b in backgrounds]
+        self.snr_db, self.prob = tuple(snr_db), prob
+        self._duration = _Durations()
+
+    def _piece(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        path = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
+        duration = self._duration(path)
+        want_s = n / SAMPLE_RATE
+        if duration > want_s:
+            noise = read_audio(path, offset_s=rng.uniform(0.0, duration - want_s), duration_s=want_s)
+        else:
+            noise = read_audio(path)
+        if len(noise) == 0:
+            return np.zeros(n, dtype=np.float32)
+        return np.resize(noise, n).astype(np.float32)  # np.resize tiles a short piece
+
+    def __call__(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if not self.backgrounds or rng.random() >= self.prob or len(audio) == 0:
+            return audio
+        noise = self._piece(len(audio), rng)
+        p_signal = float(np.mean(audio.astype(np.float64) ** 2))
+        p_noise = float(np.mean(noise.astype(np.float64) ** 2))
+        if p_signal == 0.0 or p_noise == 0.0:
+            return audio
+        snr = rng.uniform(*self.snr_db)
+        scale = np.sqrt(p_signal / (p_noise * 10.0 ** (snr / 10.0)))
+        return (audio + scale * noise).astype(np.float32)
+
+
 class ClassificationDataset(Dataset):
     """Clips with one label each. Items: (audio float32 tensor [S] at 16 kHz, class index int).
 
@@ -76,7 +112,7 @@ class ClassificationDataset(Dataset):
     crop when `train`, the centred crop otherwise; shorter recordings are zero-padded at the end.
     Training-only augmentation: `gain_db` (lo, hi) random gain; `backgrounds` (recordings)
     mixed in with probability `background_prob` at an SNR drawn from `snr_db` (lo, hi), from a
-    random piece of a random background (tiled when shorter than the clip).
+    random piece of a random background (tiled when shorter than the clip): `BackgroundMixer`.
     """
 
     def __init__(
@@ -111,9 +147,7 @@ class ClassificationDataset(Dataset):
         self.crop_s = crop_s
         self.train = train
         self.gain_db = gain_db
-        self.backgrounds = [Path(b) for b in backgrounds]
-        self.snr_db = snr_db
-        self.background_prob = background_prob
+        self.mix = BackgroundMixer(backgrounds, snr_db, background_prob)
         self.channel = channel
         self.seed = seed
         self.epoch = 0
@@ -150,37 +184,13 @@ class ClassificationDataset(Dataset):
         audio = read_audio(path, channel=self.channel, offset_s=offset, duration_s=self.crop_s)
         return _fit(audio, n)  # MP3 headers may overstate the length by a few samples
 
-    def _background(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        path = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
-        duration = self._duration(path)
-        want_s = n / SAMPLE_RATE
-        if duration > want_s:
-            noise = read_audio(path, offset_s=rng.uniform(0.0, duration - want_s), duration_s=want_s)
-        else:
-            noise = read_audio(path)
-        if len(noise) == 0:
-            return np.zeros(n, dtype=np.float32)
-        return np.resize(noise, n).astype(np.float32)  # np.resize tiles a short piece
-
-    def _mix(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if not self.backgrounds or rng.random() >= self.background_prob or len(audio) == 0:
-            return audio
-        noise = self._background(len(audio), rng)
-        p_signal = float(np.mean(audio.astype(np.float64) ** 2))
-        p_noise = float(np.mean(noise.astype(np.float64) ** 2))
-        if p_signal == 0.0 or p_noise == 0.0:
-            return audio
-        snr = rng.uniform(*self.snr_db)
-        scale = np.sqrt(p_signal / (p_noise * 10.0 ** (snr / 10.0)))
-        return (audio + scale * noise).astype(np.float32)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.items[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
         audio = self._crop(path, rng)
         if self.train:
             audio = _apply_gain(audio, self.gain_db, rng)
-            audio = self._mix(audio, rng)
+            audio = self.mix(audio, rng)
         return torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), label
 
 
@@ -211,7 +221,9 @@ class DetectionDataset(Dataset):
     annotation file next to each (`find_annotation_table`: Raven table or Audacity labels).
     Recordings without one are skipped and listed in `skipped` (an empty table marks a
     recording without events). classes: default the sorted labels found; labels not among them
-    map to `unknown_label` (BEANS's "OTHR"), added to the classes if missing.
+    map to `unknown_label` (BEANS's "OTHR"), added to the classes if missing. Training windows
+    take the same augmentation as `ClassificationDataset` (gain, `BackgroundMixer`); backgrounds
+    must hold none of the classes, since the targets stay as annotated.
     """
 
     def __init__(
@@ -225,6 +237,9 @@ class DetectionDataset(Dataset):
         label_column: str | None = None,
         train: bool = False,
         gain_db: tuple[float, float] | None = None,
+        backgrounds: Sequence[str | Path] = (),
+        snr_db: tuple[float, float] = (0.0, 20.0),
+        background_prob: float = 0.5,
         channel: int | None = None,
         seed: int = 0,
     ):
@@ -254,6 +269,7 @@ class DetectionDataset(Dataset):
             raise ValueError(f"{source}: no window of {window_s} s fits any recording")
         self.train = train
         self.gain_db = gain_db
+        self.mix = BackgroundMixer(backgrounds, snr_db, background_prob)
         self.channel = channel
         self.seed = seed
         self.epoch = 0
@@ -309,9 +325,9 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         audio = self._read(self.windows[index])
-        if self.train:
+        if self.train:  # targets are unchanged: a background adds none of the classes
             rng = np.random.default_rng((self.seed, self.epoch, index))
-            audio = _apply_gain(audio, self.gain_db, rng)
+            audio = self.mix(_apply_gain(audio, self.gain_db, rng), rng)
         frames, window = self.targets(index)
         return (torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
                 torch.from_numpy(frames), torch.from_numpy(window))
