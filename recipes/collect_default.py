@@ -16,7 +16,7 @@ EXPORT_FILES = ("model.json", "frontend.onnx", "mamba.onnx", "model.safetensors"
 def listing_summary(path: Path) -> dict:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     positives = [r for r in rows if r["annotations"]]
-    return {"recordings": len(rows), "phoebe_clips": len(positives), "soundscape_clips": len(rows) - len(positives),
+    return {"recordings": len(rows), "phoebe_clips": len(positives), "negative_recordings": len(rows) - len(positives),
             "audio_s": round(sum(r["length"] for r in rows), 1)}
 
 

@@ -41,6 +41,29 @@ DEFAULT_MODEL_EXCLUDE = {"132865"}
 # Left out: the phoebe clips (they are the fine-tuning test folds), the GWWA_XC xeno-canto files
 # (CC BY-NC-ND: no derivatives) and oss's deliberately broken files (empty, stereo test stubs,
 # 10 s of MP3 silence, a 0.4 s stub).
+# Default model: field-recorder files from other sites used as negatives (no events) and as
+# backgrounds mixed into the phoebe clips, so that "not the maad recorder" is not a shortcut to a
+# species. Their content is unannotated: a Junco or a warbler singing in one of them would be a
+# wrong negative (a risk taken knowingly). Held out from training to test false alarms instead:
+# spinetail.wav, great_plains_toad.wav, rugr_drum.wav and the GWWA xeno-canto recordings (a
+# warbler that is none of the 10 species; used only to evaluate, which their no-derivatives
+# licence allows).
+OTHER_SITE_NEGATIVES = (
+    "oss/tests/audio/1min.wav",
+    "oss/tests/audio/metadata.wav",
+    "oss/tests/audio/audiomoth_gps.wav",
+    *(f"oss/tests/audio/aru_{i}.wav" for i in range(1, 6)),
+    *(f"oss/tests/audio/LOCA_2021_09_24_652_{i}.wav" for i in range(3, 9)),
+)
+OTHER_SITE_TESTS = (
+    "maad/data/spinetail.wav",
+    "oss/tests/audio/great_plains_toad.wav",
+    "oss/tests/audio/rugr_drum.wav",
+    "oss/docs/tutorials/resources/GWWA_XC/13738.mp3",
+    "oss/docs/tutorials/resources/GWWA_XC/135601.mp3",
+    "oss/docs/tutorials/resources/GWWA_XC/13742.mp3",
+)
+
 PRETRAIN_SOURCES = (
     "maad/data/indices",               # 96 x 10 s tropical-forest soundscape, BSD-3
     "maad/data/spinetail.wav",          # 19.5 s, BSD-3
@@ -169,14 +192,16 @@ def detect_listings(root: Path, test_fold: int | None, n_soundscape_test: int) -
     Positives: every phoebe clip but DEFAULT_MODEL_EXCLUDE, one event over the whole clip labelled with its species (the
     clips were cut to the species' presence window, so these are weak labels: the bird does not
     sing in every 20 ms frame). Negatives: the 10 s maad soundscape clips (a tropical forest where
-    none of the 10 North-American species occurs), no events. Held out for testing: the phoebe
-    clips of ``test_fold`` (none when None) and the soundscape clips of `held_out_soundscape`.
+    none of the 10 North-American species occurs) and OTHER_SITE_NEGATIVES, no events; the same
+    recordings are the training backgrounds (``backgrounds``, one path per row). Held out for
+    testing: the phoebe clips of ``test_fold`` (none when None), the soundscape clips of
+    `held_out_soundscape`, and OTHER_SITE_TESTS (``test_other``: no events).
     """
     from biomamba.audio import audio_info
 
     rows = read_folds()
     held_soundscape = set(held_out_soundscape(root, n_soundscape_test))
-    out = {"train": [], "test": [], "test_phoebe": [], "test_soundscape": []}
+    out = {"train": [], "test": [], "test_phoebe": [], "test_soundscape": [], "test_other": []}
     for clip, species, fold in rows:
         if clip in DEFAULT_MODEL_EXCLUDE:
             continue
@@ -188,6 +213,11 @@ def detect_listings(root: Path, test_fold: int | None, n_soundscape_test: int) -
     for path in soundscape_clips(root):
         row = {"path": str(path), "length": audio_info(path).duration_s, "annotations": []}
         out["test_soundscape" if path in held_soundscape else "train"].append(row)
+    for rel in OTHER_SITE_NEGATIVES:
+        out["train"].append({"path": str(root / rel), "length": audio_info(root / rel).duration_s, "annotations": []})
+    for rel in OTHER_SITE_TESTS:
+        out["test_other"].append({"path": str(root / rel), "length": audio_info(root / rel).duration_s,
+                                  "annotations": []})
     out["test"] = out["test_phoebe"] + out["test_soundscape"]
     return out
 
@@ -200,6 +230,9 @@ def cmd_detect(args) -> None:
         if rows:
             (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             print(f"wrote {work / (name + '.jsonl')} ({len(rows)} recordings)")
+    backgrounds = [r["path"] for r in listings["train"] if not r["annotations"]]
+    (work / "backgrounds.txt").write_text("".join(p + "\n" for p in backgrounds))
+    print(f"wrote {work / 'backgrounds.txt'} ({len(backgrounds)} recordings)")
 
 
 def clip_licences(root: Path) -> dict[str, dict]:
