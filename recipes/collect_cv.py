@@ -4,7 +4,7 @@ Reads WORK/eval/<condition>-fold<k>.json (bmamba eval reports), WORK/times.tsv (
 every step) and the runs' args.json (so the table states the settings that actually ran).
 Mean and std are over the 5 folds; std is the sample standard deviation (ddof=1).
 
-Usage: python recipes/collect_cv.py WORK [--out recipes/results]
+Usage: python recipes/collect_cv.py WORK [--out recipes/results] [--name phoebe_cv]
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def settings(work: Path) -> dict:
                                              "mask_length", "kmeans_fraction", "seed")}
         out["pretrain"]["recordings"] = len(a["audio"])
         out["pretrain"]["clusters"] = {p.parent.name: json.loads(p.read_text())["clusters"] for p in pt}
+        out["pretrain"]["feature_penalty"] = {p.parent.name: json.loads(p.read_text()).get("feature_penalty")
+                                              for p in pt}
     return out
 
 
@@ -91,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work", type=Path)
     parser.add_argument("--out", type=Path, default=REPO / "recipes" / "results")
+    parser.add_argument("--name", default="phoebe_cv", help="file stem of the written .json and .md")
     args = parser.parse_args()
     times = read_times(args.work)
     conditions = {}
@@ -109,8 +112,8 @@ def main() -> None:
         "pretraining_wall_s": {k[len("pretrain-"):]: v for k, v in times.items() if k.startswith("pretrain-")},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "phoebe_cv.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "phoebe_cv.md").write_text(markdown(result))
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(result))
     print(markdown(result))
 
 

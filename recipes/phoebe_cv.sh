@@ -29,6 +29,10 @@ LR=${LR:-1e-3}
 PT_STEPS=${PT_STEPS:-400}
 PT_BATCH=${PT_BATCH:-8}
 RECIPES=${RECIPES:-"causal bidirectional-teacher"}
+# HuBERT's feature penalty (its default 10 collapsed every encoder on this little audio; see
+# recipes/README.md): FEATURE_PENALTY=10 reruns that first table.
+FEATURE_PENALTY=${FEATURE_PENALTY:-0}
+RESULTS_NAME=${RESULTS_NAME:-phoebe_cv}
 # One thread: on the 2 shared cores of the development machine two OpenMP threads competing with
 # another process ran 6x slower than one. Set OMP_NUM_THREADS to your core count on a free machine.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -53,7 +57,7 @@ python recipes/layout.py cv "$WORK"
 python recipes/layout.py pretrain "$WORK"
 mapfile -t PT_AUDIO < "$WORK/pretrain_audio.txt"
 PT_COMMON=(--preset "$PRESET" --steps "$PT_STEPS" --batch-size "$PT_BATCH" --kmeans-fraction 1
-           --seed "$SEED" --device "$DEVICE")
+           --seed "$SEED" --device "$DEVICE" --feature-penalty "$FEATURE_PENALTY")
 
 # finetune NAME FOLD [train options...]: fine-tune on the other folds, evaluate on fold FOLD.
 finetune() {
@@ -94,4 +98,4 @@ for k in 1 2 3 4 5; do
   finetune transformer-hubert "$k" --init "$WORK/pt/transformer-p2/last"
 done
 
-python recipes/collect_cv.py "$WORK"
+python recipes/collect_cv.py "$WORK" --name "$RESULTS_NAME"
