@@ -22,9 +22,11 @@ def register(app: typer.Typer) -> None:
                                           help="Phase 2: train a fresh model on the new labels (HuBERT) "
                                                "instead of continuing from --init."),
         layer: int = typer.Option(None, help="Phase 2: the label layer, 1-based (default the middle one)."),
-        recipe: str = typer.Option("causal", help="causal, bidirectional-teacher (phase 1 trains a bidirectional "
-                                                  "teacher, phase 2 a causal student on its labels), or future "
-                                                  "(adds heads predicting the next frames' labels)."),
+        recipe: str = typer.Option("bidirectional-teacher",
+                                   help="bidirectional-teacher (phase 1 trains a bidirectional teacher, phase 2 "
+                                        "the causal student on its labels), causal (the causal model in both "
+                                        "phases), or future (causal, plus heads predicting the next frames' "
+                                        "labels). The Transformer baseline ignores it (HuBERT's recipe)."),
         architecture: str = typer.Option("biomamba", help="biomamba, or transformer (the baseline, with HuBERT's "
                                                           "recipe as is)."),
         future_frames: int = typer.Option(None, help="Heads predicting labels of frames t+1..t+K (default 4 for "

@@ -255,14 +255,14 @@ def _export_symbolics(opset: int):
 
 
 def _trace_to_onnx(module: nn.Module, args: tuple, path: Path, input_names: list[str],
-                   output_names: list[str], dynamic_axes: dict, opset: int) -> None:
+                   output_names: list[str], dynamic_axes: dict, opset: int, plugin: bool = False) -> None:
     with _export_symbolics(opset), warnings.catch_warnings():
         # TracerWarnings come from shape checks in the model that hold for every input we export for.
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module, args, str(path), dynamo=False, opset_version=opset, input_names=input_names,
             output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True,
-            custom_opsets={PLUGIN_DOMAIN: 1},
+            custom_opsets={PLUGIN_DOMAIN: 1} if plugin else None,   # only where SSDChunkScan nodes are
         )
 
 
@@ -354,7 +354,7 @@ def export_model(checkpoint_or_model, out_dir: str | os.PathLike, *, variant: st
     state_axes = {name: {0: BATCH_DIM} for s in specs for name in (s.name, s.output_name)}
     _trace_to_onnx(MambaGraph(net), (frame_input, *states), mamba_path,
                    ["frames", *(s.name for s in specs)], [*outputs, *(s.output_name for s in specs)],
-                   {**time_axes, **state_axes}, opset)
+                   {**time_axes, **state_axes}, opset, plugin=variant == "plugin")
 
     manifest = Manifest(
         preset=model.preset, task=model.task, classes=tuple(model.classes), sample_rate=SAMPLE_RATE,

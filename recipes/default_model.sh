@@ -7,7 +7,7 @@
 #
 #   recipes/default_model.sh                 # train, evaluate, export into $WORK
 #   INSTALL=1 recipes/default_model.sh       # ... and copy the export into biomamba/models/default
-#   PRETRAINED=/work/runs/phoebe-cv/pt/causal-p2/last recipes/default_model.sh
+#   PRETRAINED=/work/runs/phoebe-cv/pt/bidirectional-teacher-p2/last recipes/default_model.sh
 #                                            # reuse the CV's pre-training (the same command and seed)
 # Re-running skips the steps recorded in $WORK/times.tsv.
 set -euo pipefail
@@ -18,7 +18,8 @@ BMAMBA=${BMAMBA:-bmamba}
 DEVICE=${DEVICE:-auto}
 SEED=${SEED:-0}
 TEST_FOLD=${TEST_FOLD:-5}
-# pre-training recipe of the encoder (none: random init), chosen by the cross-validation
+# pre-training recipe of the encoder (none: random init): in the cross-validation no pre-training
+# beat random init (recipes/README.md), and none is the cheapest
 RECIPE=${RECIPE:-none}
 PT_STEPS=${PT_STEPS:-400}
 EPOCHS=${EPOCHS:-15}

@@ -29,7 +29,7 @@ from biomamba.streaming import FRAME_S, HOP, SAMPLE_RATE, StreamRunner
 from .events import Event, EventTracker
 from .journal import Journal
 from .pooling import WindowPooler
-from .writers import OutputError, output_path, write_events
+from .writers import EventFile, OutputError, output_path
 
 JOURNAL_NAME = ".bmamba-journal.jsonl"
 GPU_BATCH = 8          # recordings per call on a GPU backend when --batch is left to choose
@@ -151,23 +151,34 @@ class Detector:
         start = time.perf_counter()
         try:
             info = audio_info(path)
-            events, audio_s = self._run(path, on_audio)
             out = output_path(path, self.config.out_dir, self.config.fmt)
-            events = [_clip(e, audio_s) for e in events]
-            write_events(out, events, self.config.fmt, recording=path, duration_s=audio_s,
-                         sample_rate=info.sample_rate, backend=self.backend.name, model=self.model_name)
+            with EventFile(out, self.config.fmt, recording=path, sample_rate=info.sample_rate,
+                           backend=self.backend.name, model=self.model_name) as file:
+                audio_s = self._run(path, file, on_audio)
+                file.commit(audio_s)
         except (AudioError, OutputError, OSError) as e:
             return FileResult(path, "failed", str(e), wall_s=time.perf_counter() - start)
         except Exception as e:  # a backend failure on one file must not end a run of thousands
             return FileResult(path, "failed", f"{path}: {type(e).__name__}: {e}", wall_s=time.perf_counter() - start)
         return FileResult(path, "ok", audio_s=audio_s, wall_s=time.perf_counter() - start,
-                          events=len(events), output=out)
+                          events=file.count, output=out)
 
-    def _run(self, path: Path, on_audio) -> tuple[list[Event], float]:
+    def _run(self, path: Path, file: EventFile, on_audio) -> float:
+        """Streams the recording through the model into file; returns its duration in seconds.
+        Events go to the file as they become final: memory does not grow with their number
+        (with --parity both event lists are kept, for the F1)."""
         runner = StreamRunner(self.backend.run_chunk, self.backend.initial_state(1), self.max_frames)
         scorer = Scorer(self.manifest.task, self.config.window_s)
         tracker = self._tracker(scorer.unit_s)
         events: list[Event] = []
+
+        def emit(final: list[Event]) -> None:
+            # Only the zero-padded last frame reaches past the audio read so far: clip to it.
+            final = [_clip(e, runner.buffer.samples_in / SAMPLE_RATE) for e in final]
+            file.add(final)
+            if self.reference is not None:
+                events.extend(final)
+
         if self.reference is not None:
             ref_runner = StreamRunner(self.reference.run_chunk, self.reference.initial_state(1), self.max_frames)
             ref_scorer = Scorer(self.manifest.task, self.config.window_s)
@@ -176,7 +187,7 @@ class Detector:
         def consume(out, ref_out, final=False):
             probs = scorer(out, final)
             if len(probs):
-                events.extend(tracker.push(probs))
+                emit(tracker.push(probs))
             if self.reference is not None:
                 ref_probs = ref_scorer(ref_out, final)
                 if len(ref_probs):
@@ -190,11 +201,11 @@ class Detector:
             if on_audio:
                 on_audio(len(block) / SAMPLE_RATE)
         consume(runner.flush(), self.reference and ref_runner.flush(), final=True)
-        events.extend(tracker.flush())
+        emit(tracker.flush())
         if self.reference is not None:
-            ref_events.extend(ref_tracker.flush())
+            ref_events.extend(_clip(e, runner.buffer.samples_in / SAMPLE_RATE) for e in ref_tracker.flush())
             self.parity.add_events(events, ref_events)
-        return events, runner.buffer.samples_in / SAMPLE_RATE
+        return runner.buffer.samples_in / SAMPLE_RATE
 
 
 def _clip(e: Event, duration_s: float) -> Event:

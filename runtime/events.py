@@ -34,11 +34,12 @@ import numpy as np
 _FRAME_ROUNDING = 1e-9
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """One detection: [start_s, end_s) in seconds, its class label, and its score.
 
     score is the largest frame probability inside the event (in [0, 1] for sigmoid outputs).
+    Slots: tens of thousands may be released at once (behind an event that stays open for hours).
     """
 
     start_s: float

@@ -27,12 +27,14 @@ Torch-free: the standard library (and the Event type of events.py).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from biomamba.runtime.events import Event
@@ -74,7 +76,7 @@ def output_path(recording: Path, out_dir: Path | None, fmt: str) -> Path:
 
 def write_events(
     path: Path,
-    events: Sequence[Event],
+    events: Iterable[Event],
     fmt: str,
     *,
     recording: Path,
@@ -89,93 +91,147 @@ def write_events(
     sample_rate: its native sample rate in Hz (Raven's High Freq is its Nyquist); backend and
     model: what produced the events (written into the JSON file).
     """
-    _check_format(fmt)
-    recording = Path(recording)
-    if fmt == "raven":
-        text = _raven_table(events, recording, sample_rate)
-    elif fmt == "csv":
-        text = _csv_table(events, recording)
-    elif fmt == "json":
-        text = _json_document(events, recording, duration_s, sample_rate, backend, model)
-    else:
-        text = _audacity_labels(events)
-    atomic_write_text(Path(path), text)
+    with EventFile(path, fmt, recording=recording, sample_rate=sample_rate, backend=backend,
+                   model=model) as file:
+        file.add(events)
+        file.commit(duration_s)
+
+
+class EventFile:
+    """The event file of one recording, written while the recording is processed.
+
+    Rows go to a temporary file in the target's folder as events arrive, so memory does not grow
+    with their number (a randomly initialised model gives about 10^5 events in 8 h of audio);
+    `commit(duration_s)` makes the file durable and renames it over the target, so readers and
+    crashes see either the old file or the whole new one. Leaving a ``with`` block without a
+    commit (an exception, a failed recording) removes the temporary file. Every OSError becomes
+    an OutputError naming the target.
+    """
+
+    def __init__(self, path: Path, fmt: str, *, recording: Path, sample_rate: int, backend: str, model: str):
+        _check_format(fmt)
+        self.path, self.fmt, self.recording = Path(path), fmt, Path(recording)
+        self.meta = {"file": str(self.recording), "sample_rate": int(sample_rate), "backend": backend,
+                     "model": model}
+        self.nyquist = _plain_number(sample_rate / 2)
+        self.count = 0
+        self._temps: list[Path] = []
+        with self._guard():
+            self._file = self._create()
+            self._file.write({"raven": "\t".join(RAVEN_COLUMNS) + "\n", "csv": _csv_line(CSV_COLUMNS)}.get(fmt, ""))
+
+    def add(self, events: Iterable[Event]) -> None:
+        """Appends events (in order) to the file."""
+        with self._guard():
+            for event in events:   # row by row: the file object buffers, no text of all rows
+                self.count += 1
+                self._file.write(self._row(event))
+
+    def commit(self, duration_s: float) -> None:
+        """Finishes the file (duration_s: the recording's length) and renames it over the target."""
+        with self._guard():
+            if self.fmt == "json":
+                self._file = self._json_document(duration_s)
+            _finish(self._file, self._temps[-1], self.path)
+            self._temps.pop()   # renamed: nothing left to remove but the JSON rows
+            self._discard()
+        _sync_folder(self.path.parent)
+
+    def discard(self) -> None:
+        """Removes the unfinished file (a no-op after commit)."""
+        self._file.close()
+        self._discard()
+
+    def __enter__(self) -> EventFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+    # -- internals
+
+    def _row(self, e: Event) -> str:
+        begin, end = _time(e.start_s), _time(e.end_s)
+        if self.fmt == "raven":
+            return "\t".join((str(self.count), "Spectrogram 1", "1", begin, end, "0", self.nyquist,
+                              _text(e.label), _score(e.score), _text(self.recording.name), begin)) + "\n"
+        if self.fmt == "csv":
+            return _csv_line((str(self.recording), begin, end, e.label, _score(e.score)))
+        if self.fmt == "json":   # one event per line, after the list's opening bracket
+            event = {"start_s": round(e.start_s, 6), "end_s": round(e.end_s, 6), "label": e.label,
+                     "score": round(e.score, 4)}
+            return ("\n  " if self.count == 1 else ",\n  ") + json.dumps(event, ensure_ascii=False)
+        return f"{begin}\t{end}\t{_text(e.label)} ({_score(e.score)})\n"
+
+    def _json_document(self, duration_s: float):
+        """The JSON header holds the duration, known only at the end: header, the rows written so
+        far (copied, not read into memory), footer, into a second temporary file."""
+        rows = self._temps[-1]
+        self._file.close()
+        meta = {"file": self.meta["file"], "duration_s": round(float(duration_s), 6),
+                **{k: v for k, v in self.meta.items() if k != "file"}}
+        document = self._create()
+        document.write("{\n" + "".join(f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)},\n"
+                                        for k, v in meta.items()) + ' "events": [')
+        with open(rows, encoding="utf-8", newline="") as body:
+            shutil.copyfileobj(body, document)
+        document.write(("\n ]" if self.count else "]") + "\n}\n")
+        return document
+
+    def _create(self):
+        temp, file = _create_temp(self.path)
+        self._temps.append(temp)
+        return file
+
+    def _discard(self) -> None:
+        while self._temps:
+            self._temps.pop().unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _guard(self):
+        try:
+            yield
+        except BaseException as error:
+            if hasattr(self, "_file"):
+                self._file.close()
+            self._discard()
+            if isinstance(error, OSError):
+                raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from error
+            raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Replaces path with text (UTF-8, line ends kept as given) so that readers and crashes see
     either the old file or the whole new one: temp file in the same folder, fsync, os.replace."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    path, temp = Path(path), None
     try:
-        # os.open with 0o666 lets the umask decide the permissions, as for an ordinary file.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as error:
-        raise OutputError(f"cannot write {path}: {error.strerror}") from error
-    try:
-        with open(fd, "w", encoding="utf-8", newline="") as file:
+        temp, file = _create_temp(path)
+        with file:
             file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
+            _finish(file, temp, path)
     except BaseException as error:
-        temp.unlink(missing_ok=True)
+        if temp is not None:
+            temp.unlink(missing_ok=True)
         if isinstance(error, OSError):
             raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
         raise
     _sync_folder(path.parent)
 
 
-# --- formats -------------------------------------------------------------------------------------
+def _create_temp(path: Path):
+    """(temporary path, text file open for writing) beside path, never an existing file."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # os.open with 0o666 lets the umask decide the permissions, as for an ordinary file.
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    return temp, open(fd, "w", encoding="utf-8", newline="")
 
 
-def _raven_table(events: Sequence[Event], recording: Path, sample_rate: int) -> str:
-    nyquist = _plain_number(sample_rate / 2)
-    lines = ["\t".join(RAVEN_COLUMNS)]
-    for number, event in enumerate(events, start=1):
-        begin = _time(event.start_s)
-        row = (str(number), "Spectrogram 1", "1", begin, _time(event.end_s), "0", nyquist,
-               _text(event.label), _score(event.score), _text(recording.name), begin)
-        lines.append("\t".join(row))
-    return "\n".join(lines) + "\n"
-
-
-def _csv_table(events: Sequence[Event], recording: Path) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for event in events:
-        writer.writerow((str(recording), _time(event.start_s), _time(event.end_s), event.label,
-                         _score(event.score)))
-    return buffer.getvalue()
-
-
-def _json_document(events: Sequence[Event], recording: Path, duration_s: float,
-                   sample_rate: int, backend: str, model: str) -> str:
-    document = {
-        "file": str(recording),
-        "duration_s": round(float(duration_s), 6),
-        "sample_rate": int(sample_rate),
-        "backend": backend,
-        "model": model,
-        "events": [
-            {
-                "start_s": round(event.start_s, 6),
-                "end_s": round(event.end_s, 6),
-                "label": event.label,
-                "score": round(event.score, 4),
-            }
-            for event in events
-        ],
-    }
-    return json.dumps(document, indent=1, ensure_ascii=False) + "\n"
-
-
-def _audacity_labels(events: Sequence[Event]) -> str:
-    return "".join(
-        f"{_time(e.start_s)}\t{_time(e.end_s)}\t{_text(e.label)} ({_score(e.score)})\n"
-        for e in events
-    )
+def _finish(file, temp: Path, path: Path) -> None:
+    """Makes the temporary file durable and renames it over path."""
+    file.flush()
+    os.fsync(file.fileno())
+    file.close()
+    os.replace(temp, path)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -184,6 +240,12 @@ def _audacity_labels(events: Sequence[Event]) -> str:
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _csv_line(fields) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(fields)
+    return buffer.getvalue()
 
 
 def _time(seconds: float) -> str:

@@ -42,8 +42,10 @@ SR = 16000
 
 
 def tiny_pretrain(audio, out, **kw) -> PretrainConfig:
+    # the plain causal recipe unless a test names another: these tests check the mechanics, and the
+    # causal model is half the teacher's size
     base = dict(audio=[str(audio)], out=out, preset="tiny", steps=4, crop_s=1.0, batch_size=2, clusters=6,
-                device="cpu", save_every=None, seed=0)
+                device="cpu", save_every=None, seed=0, recipe="causal")
     return PretrainConfig(**{**base, **kw})
 
 
@@ -293,7 +295,7 @@ def test_pretrain_phase1_through_cli_and_loads_as_biomamba(corpus, tmp_path):
     result = CliRunner().invoke(cli_app("pretrain"), [
         "pretrain", str(corpus), "--preset", "tiny", "--steps", "12", "--crop", "1s", "--batch-size", "3",
         "--clusters", "6", "--lr", "2e-3", "--warmup", "0", "--out", str(out), "--device", "cpu",
-        "--kmeans-fraction", "1", "--save-every", "0"])
+        "--kmeans-fraction", "1", "--save-every", "0", "--recipe", "causal"])
     assert result.exit_code == 0, result.output
     model = BioMamba.load(out / LAST)
     assert model.task == "embed"
@@ -303,6 +305,15 @@ def test_pretrain_phase1_through_cli_and_loads_as_biomamba(corpus, tmp_path):
     assert heads["label_embeddings"].shape == (6, 256) and heads["mask_embedding"].shape == (64,)
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert log[0]["train_masked_loss"] > log[-1]["train_masked_loss"]   # 12 steps over 3 epochs
+
+
+def test_default_recipe_is_the_bidirectional_teacher():
+    """The recipe that won the phoebe cross-validation (recipes/README.md), in the API and the CLI."""
+    import typer
+
+    command = typer.main.get_command(cli_app("pretrain")).commands["pretrain"]
+    cli_default = next(p.default for p in command.params if p.name == "recipe")
+    assert PretrainConfig.__dataclass_fields__["recipe"].default == cli_default == "bidirectional-teacher"
 
 
 def test_bidirectional_teacher_recipe(corpus, tmp_path):
@@ -319,8 +330,10 @@ def test_transformer_baseline_takes_hubert_recipe(corpus, tmp_path):
     """--architecture transformer: both phases; phase-2 labels from the middle of ITS layers (the
     tiny baseline has 1 layer, so layer 1), computed on whole pieces (attention cannot stream);
     the result fine-tunes as a Transformer; a BioMamba-only recipe is refused."""
-    pretrain(tiny_pretrain(corpus, tmp_path / "p1", architecture="transformer", kmeans_fraction=1.0))
-    assert json.loads((tmp_path / "p1" / LAST / "config.json").read_text())["architecture"] == "transformer"
+    pretrain(tiny_pretrain(corpus, tmp_path / "p1", architecture="transformer", kmeans_fraction=1.0,
+                           recipe=PretrainConfig.recipe))   # the default recipe means HuBERT's for it
+    config = json.loads((tmp_path / "p1" / LAST / "config.json").read_text())
+    assert config["architecture"] == "transformer" and config["pretraining"]["recipe"] == "hubert"
     result = pretrain(tiny_pretrain(corpus, tmp_path / "p2", architecture="transformer", phase=2,
                                     init=tmp_path / "p1", kmeans_fraction=1.0))
     assert result["label_source"].startswith("transformer-layer1-")

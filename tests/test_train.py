@@ -280,7 +280,7 @@ def test_init_from_pretrain_checkpoint(tmp_path):
 
     audio = make_class_folder(tmp_path / "audio", per_class=2)
     pre = pretrain(PretrainConfig(audio=[str(audio)], out=tmp_path / "pre", preset="tiny", steps=2, crop_s=1.0,
-                                  batch_size=2, clusters=4, device="cpu"))
+                                  batch_size=2, clusters=4, device="cpu", recipe="causal"))
     encoder = BioMamba.load(pre["last"])
     assert encoder.task == "embed"
     model = model_from_init(tmp_path / "pre", "classify", ["high", "low"])

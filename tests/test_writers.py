@@ -14,6 +14,7 @@ from biomamba.runtime import writers
 from biomamba.runtime.events import Event
 from biomamba.runtime.writers import (
     FORMATS,
+    EventFile,
     OutputError,
     atomic_write_text,
     output_path,
@@ -210,3 +211,37 @@ def test_atomic_write_replaces_and_keeps_text_exact(tmp_path):
     atomic_write_text(path, "second\r\nline\n")
     assert path.read_bytes() == b"second\r\nline\n"
     assert os.listdir(tmp_path) == ["x.txt"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("seed", range(3))
+def test_events_added_piece_by_piece_give_the_same_file(tmp_path, fmt, seed):
+    """bmamba detect adds events as they become final: any split of the list into pieces (empty
+    pieces included) gives the bytes of the one-call writer, and nothing but the file is left."""
+    events = random_events(seed, count=int(np.random.default_rng(seed).integers(0, 40)))
+    recording = tmp_path / "site A" / "rec_20240501.wav"
+    (tmp_path / "whole").mkdir()
+    whole = write(tmp_path / "whole", events, fmt, recording)
+    path = output_path(recording, tmp_path / "pieces", fmt)
+    path.parent.mkdir()
+    cuts = np.sort(np.random.default_rng(seed + 10).integers(0, len(events) + 1, size=4))
+    with EventFile(path, fmt, recording=recording, sample_rate=META["sample_rate"], backend=META["backend"],
+                   model=META["model"]) as file:
+        for lo, hi in zip([0, *cuts], [*cuts, len(events)], strict=True):
+            file.add(events[lo:hi])
+        assert not path.exists()                      # nothing visible before the commit
+        file.commit(META["duration_s"])
+    assert path.read_bytes() == whole.read_bytes()
+    assert os.listdir(path.parent) == [path.name]
+    if fmt == "json":
+        assert json.loads(path.read_text())["duration_s"] == META["duration_s"]
+
+
+def test_an_uncommitted_event_file_leaves_the_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "out.csv"
+    path.write_text("old contents\n")
+    with pytest.raises(RuntimeError):
+        with EventFile(path, "csv", recording=Path("r.wav"), sample_rate=16000, backend="b", model="m") as file:
+            file.add(random_events(0, 5))
+            raise RuntimeError("the model failed mid-recording")
+    assert path.read_text() == "old contents\n" and os.listdir(tmp_path) == ["out.csv"]
