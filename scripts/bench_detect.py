@@ -10,7 +10,10 @@
    fresh process; its --report gives the real-time factor (audio seconds per wall second) and the
    peak resident memory. Each point is run --repeat times; the best speed is reported.
 2. Memory against length: the same soundscape repeated to 1 minute, 1 hour and 8 hours (written
-   to WAV block by block, never held in memory), each through `bmamba detect` in a fresh process.
+   to WAV block by block, never held in memory), each through `bmamba detect` in a fresh process,
+   with the first model. Take a trained one (--model): a randomly initialised model can keep one
+   class on for the whole recording, and the events that start after it wait behind it (tables
+   are in time order), which costs memory with their number (34,000 events at 8 h: +10 MB).
 
 Numbers depend on the machine and on what else runs on it; the script prints the CPU it ran on.
 """
