@@ -226,11 +226,15 @@ sys.meta_path.insert(0, _NoTorch())
 
 
 def test_runtime_and_detect_run_without_torch(exported, tmp_path):
-    """`import biomamba.runtime` and a whole detect run never import torch; --parity without torch
-    says which extra to install and does not start."""
+    """Every module of biomamba.runtime imports, and a whole detect run works, with torch made
+    unimportable; --parity without torch says which extra to install and does not start."""
     _write_long(tmp_path / "rec.wav", 3, 0)
     code = BLOCK_TORCH + f"""
-import biomamba.runtime, biomamba.runtime.detect
+import importlib, pkgutil, biomamba.runtime
+modules = [m.name for m in pkgutil.iter_modules(biomamba.runtime.__path__, "biomamba.runtime.")]
+assert "biomamba.runtime.detect" in modules and "biomamba.runtime.cuda_scan" in modules, modules
+for name in modules:
+    importlib.import_module(name)
 from biomamba.cli.app import main
 sys.argv = ["bmamba", "detect", {str(tmp_path / 'rec.wav')!r}, "--model", {str(exported)!r},
             "--out", {str(tmp_path)!r}, "--no-resume", "-q"]
