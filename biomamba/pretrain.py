@@ -68,7 +68,7 @@ from .checkpoint import load_weights
 from .kmeans import assign, fit_kmeans, load_centroids, save_centroids
 from .mfcc import FRAME_LENGTH, FRAME_SHIFT, compute_deltas, mfcc_13
 from .model import AudioModel, BioMamba, pad_for_frontend, register_architecture
-from .presets import ModelConfig
+from .presets import PRESETS, ModelConfig
 from .streaming import CONTEXT, HOP, FrameBuffer
 from .transformer import TransformerBaseline
 
@@ -599,7 +599,7 @@ def check_options(cfg: PretrainConfig) -> None:
                          "own recipe (leave --recipe out)")
     tu.check_choice("--phase", cfg.phase, (1, 2))
     tu.check_choice("--amp", cfg.amp, tu.AMP_CHOICES)
-    tu.check_choice("--preset", cfg.preset, ("tiny", "edge", "base"))
+    tu.check_choice("--preset", cfg.preset, tuple(PRESETS))
     if not 0 < cfg.mask_prob <= 1 or cfg.mask_length < 1 or cfg.min_masks < 0:
         raise ValueError("need 0 < --mask-prob <= 1, --mask-length >= 1, --min-masks >= 0")
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or (cfg.clusters is not None and cfg.clusters < 2):

@@ -14,6 +14,7 @@ zero-padded (``StreamRunner.padded_samples`` says by how much).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ FRAME_S = HOP / SAMPLE_RATE
 RunChunk = Callable[[np.ndarray, Any], tuple[dict[str, np.ndarray], Any]]
 
 
+@functools.cache   # a process-wide setting: once is enough, however many streams are opened
 def keep_resident_memory_flat() -> None:
     """Ask glibc to give large freed buffers back to the system at once (Linux only; else no-op).
 

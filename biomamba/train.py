@@ -46,6 +46,7 @@ from .evaluate import (
     window_batches,
 )
 from .model import AudioModel, BioMamba
+from .presets import PRESETS
 from .pretrain import BidirectionalBioMamba
 from .transformer import TransformerBaseline
 
@@ -271,7 +272,7 @@ def check_options(cfg: TrainConfig) -> None:
     tu.check_choice("--architecture", cfg.architecture, tuple(ARCHITECTURES))
     tu.check_choice("--pooling", cfg.pooling, ("mean", "attention"))
     tu.check_choice("--amp", cfg.amp, tu.AMP_CHOICES)
-    tu.check_choice("--preset", cfg.preset, ("tiny", "edge", "base"))
+    tu.check_choice("--preset", cfg.preset, tuple(PRESETS))
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
         raise ValueError("--batch-size, --epochs and --lr must be positive")
     if not 0 <= cfg.valid_fraction < 1:

@@ -71,9 +71,6 @@ class TrainingInterrupted(TrainingError):
 
 # --------------------------------------------------------------------------- parsing
 
-# One duration syntax for every command (30s, 2m, plain seconds): the runtime's torch-free parser.
-from biomamba.runtime.durations import parse_duration  # noqa: E402,F401
-
 
 def check_choice(option: str, value, choices) -> None:
     """Raise ValueError("--option 'x': choose one of a, b") unless value is None or one of choices."""

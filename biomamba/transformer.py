@@ -56,14 +56,18 @@ class TransformerBaseline(AudioModel):
                                     for _ in range(config.tf_layers))
 
     def encode(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encode_layers(frames, mask)[0]
+        return self._encode(frames, mask, keep_layers=False)[0]
 
     def encode_layers(self, frames: torch.Tensor, mask: torch.Tensor | None = None):
+        return self._encode(frames, mask, keep_layers=True)
+
+    def _encode(self, frames: torch.Tensor, mask: torch.Tensor | None, keep_layers: bool):
         pos = self.pos_conv(frames.transpose(1, 2))[..., : frames.shape[1]]   # even kernel: drop the extra frame
         x = self.norm(frames + F.gelu(pos).transpose(1, 2))
         key_mask = None if mask is None or bool(mask.all()) else mask
         outputs = []
         for layer in self.layers:
             x = layer(x, key_mask)
-            outputs.append(x)
+            if keep_layers:  # as BioMamba: T x D per layer adds up on long recordings (and in the bench)
+                outputs.append(x)
         return x, outputs

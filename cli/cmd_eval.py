@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Accuracy and macro-F1 (classify); BEANS mAP and event precision/recall/F1 (detect)."""
         from biomamba.evaluate import evaluate, json_safe
-        from biomamba.trainutil import parse_duration
+        from biomamba.runtime.durations import parse_duration
 
         for name, path in (("CHECKPOINT", checkpoint), ("DATA", data)):
             if not path.exists():

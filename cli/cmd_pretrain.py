@@ -69,7 +69,8 @@ def register(app: typer.Typer) -> None:
         from biomamba.checkpoint import CheckpointError
         from biomamba.pretrain import PretrainConfig, check_options
         from biomamba.pretrain import pretrain as run_pretrain
-        from biomamba.trainutil import TrainingError, is_main_process, parse_duration
+        from biomamba.runtime.durations import parse_duration
+        from biomamba.trainutil import TrainingError, is_main_process
 
         for name, path in (("--init", init), ("--labels-from", labels_from)):
             if path is not None and not path.exists():

@@ -58,9 +58,10 @@ def register(app: typer.Typer) -> None:
         biomamba.cli.app train ...); every process reads its share of each epoch.
         """
         from biomamba.checkpoint import CheckpointError
+        from biomamba.runtime.durations import parse_duration
         from biomamba.train import TrainConfig, check_options
         from biomamba.train import train as run_train
-        from biomamba.trainutil import TrainingError, is_main_process, parse_duration
+        from biomamba.trainutil import TrainingError, is_main_process
 
         if not data.exists():
             fail(f"{data}: no such file or folder", usage=True)

@@ -27,17 +27,7 @@ BATCH=${BATCH:-16}
 LR=${LR:-1e-3}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # see phoebe_cv.sh
 
-mkdir -p "$WORK"
-touch "$WORK/times.tsv"
-timed() {
-  local name=$1; shift
-  if grep -q "^$name	" "$WORK/times.tsv"; then echo "skip $name (done)"; return; fi
-  mkdir -p "$WORK/logs"
-  echo "$(date +%T) $name"
-  local start=$SECONDS
-  "$@" > "$WORK/logs/$name.log" 2>&1 || { echo "FAILED $name: see $WORK/logs/$name.log"; exit 1; }
-  printf '%s\t%s\n' "$name" $((SECONDS - start)) >> "$WORK/times.tsv"
-}
+. "$REPO/recipes/timed.sh"
 
 cd "$REPO"
 python recipes/layout.py detect "$WORK" --test-fold "$TEST_FOLD"

@@ -38,19 +38,7 @@ RESULTS_NAME=${RESULTS_NAME:-phoebe_cv}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 mkdir -p "$WORK/eval"
-touch "$WORK/times.tsv"
-
-# timed NAME COMMAND...: run once (skipped when NAME is in times.tsv), log to $WORK/logs/NAME.log,
-# append NAME<TAB>wall seconds to times.tsv.
-timed() {
-  local name=$1; shift
-  if grep -q "^$name	" "$WORK/times.tsv"; then echo "skip $name (done)"; return; fi
-  mkdir -p "$WORK/logs"
-  echo "$(date +%T) $name"
-  local start=$SECONDS
-  "$@" > "$WORK/logs/$name.log" 2>&1 || { echo "FAILED $name: see $WORK/logs/$name.log"; exit 1; }
-  printf '%s\t%s\n' "$name" $((SECONDS - start)) >> "$WORK/times.tsv"
-}
+. "$REPO/recipes/timed.sh"
 
 cd "$REPO"
 python recipes/layout.py cv "$WORK"

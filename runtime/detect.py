@@ -172,9 +172,12 @@ class Detector:
         tracker = self._tracker(scorer.unit_s)
         events: list[Event] = []
 
-        def emit(final: list[Event]) -> None:
+        def clipped(final: list[Event]) -> list[Event]:
             # Only the zero-padded last frame reaches past the audio read so far: clip to it.
-            final = [_clip(e, runner.buffer.samples_in / SAMPLE_RATE) for e in final]
+            return [_clip(e, runner.buffer.samples_in / SAMPLE_RATE) for e in final]
+
+        def emit(final: list[Event]) -> None:
+            final = clipped(final)
             file.add(final)
             if self.reference is not None:
                 events.extend(final)
@@ -191,7 +194,7 @@ class Detector:
             if self.reference is not None:
                 ref_probs = ref_scorer(ref_out, final)
                 if len(ref_probs):
-                    ref_events.extend(ref_tracker.push(ref_probs))
+                    ref_events.extend(clipped(ref_tracker.push(ref_probs)))
                     self.parity.max_abs_diff = max(self.parity.max_abs_diff,
                                                    float(np.abs(probs - ref_probs).max()))
                     self.parity.frames += len(probs)
@@ -203,7 +206,7 @@ class Detector:
         consume(runner.flush(), self.reference and ref_runner.flush(), final=True)
         emit(tracker.flush())
         if self.reference is not None:
-            ref_events.extend(_clip(e, runner.buffer.samples_in / SAMPLE_RATE) for e in ref_tracker.flush())
+            ref_events.extend(clipped(ref_tracker.flush()))
             self.parity.add_events(events, ref_events)
         return runner.buffer.samples_in / SAMPLE_RATE
 

@@ -101,7 +101,7 @@ class EventFile:
     """The event file of one recording, written while the recording is processed.
 
     Rows go to a temporary file in the target's folder as events arrive, so memory does not grow
-    with their number (a randomly initialised model gives about 10^5 events in 8 h of audio);
+    with their number (a randomly initialised edge model gave 34,000 events on 8 h of audio);
     `commit(duration_s)` makes the file durable and renames it over the target, so readers and
     crashes see either the old file or the whole new one. Leaving a ``with`` block without a
     commit (an exception, a failed recording) removes the temporary file. Every OSError becomes
