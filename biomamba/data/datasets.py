@@ -200,14 +200,15 @@ def _check_two_classes(classes: list[str]) -> None:
     the audio, so the loss is 0 and nothing is learned."""
     if len(classes) >= 2:
         return
-    names = "/".join(NON_EVENT_FOLDERS)
+    names = ", ".join(NON_EVENT_FOLDERS)
     if classes == [BACKGROUND_CLASS]:
-        raise ValueError(f"the training data holds only non-event recordings ({names} folders): "
+        raise ValueError(f"the training data holds only non-event recordings (folders named {names}): "
                          "add a folder of recordings per class")
     raise ValueError(
         f"the training data holds one class ({classes[0]!r}); a one-class classifier learns nothing "
-        f"(its loss is 0). Add a folder named noise (or {names}, as in BirdNET-Analyzer) of recordings "
-        "that hold none of it to train it against a background class, or a folder per other class")
+        f"(its loss is 0). To train it against a background class, add a folder of recordings that "
+        f"hold none of it, named {NON_EVENT_FOLDERS[0]} (BirdNET-Analyzer's names: {names}); or add a "
+        "folder per other class")
 
 
 # --------------------------------------------------------------------------- detection
