@@ -9,7 +9,6 @@ import typer
 
 from .common import fail
 
-
 # The layouts of biomamba.data.layout and the naming rule of biomamba.data.annotations.TABLE_NAMES,
 # written out so that `bmamba --help` does not import them (tests/test_train_formats.py checks them).
 DATA_HELP = (

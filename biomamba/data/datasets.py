@@ -25,7 +25,13 @@ from .annotations import (
     read_beans_csv,
     read_beans_jsonl,
 )
-from .layout import BACKGROUND_CLASS, NON_EVENT_FOLDERS, check_detection_source, class_folder_items, is_audio
+from .layout import (
+    BACKGROUND_CLASS,
+    NON_EVENT_FOLDERS,
+    check_detection_source,
+    class_folder_items,
+    is_audio,
+)
 from .windows import class_index, frame_targets, window_starts, window_targets
 
 
