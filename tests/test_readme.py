@@ -64,7 +64,7 @@ def test_marker_only_on_python_blocks_and_the_api_block_carries_it():
     assert MARKER not in quick, "the Quick start installs from the network: never run it"
 
 
-@pytest.mark.parametrize("line, code", runnable_blocks(), ids=lambda v: f"README.md:{v}" if isinstance(v, int) else "")
+@pytest.mark.parametrize("line, code", runnable_blocks(), ids=[f"README.md:{line}" for line, _ in runnable_blocks()])
 def test_readme_block_runs(line, code, tmp_path, real_data):
     os.symlink(real_data / "maad" / "data" / "spinetail.wav", tmp_path / "recording.wav")
     script = tmp_path / "block.py"
