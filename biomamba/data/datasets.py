@@ -241,9 +241,10 @@ class DetectionDataset(Dataset):
     zero-padded.
 
     source: a BEANS detection JSONL, or a folder of recordings (searched recursively) with an
-    annotation file next to each (`find_annotation_table`: Raven table or Audacity labels).
-    Recordings without one are skipped and listed in `skipped` (an empty table marks a
-    recording without events). classes: default the sorted labels found; labels not among them
+    annotation file next to each (`find_annotation_table`: Raven table or Audacity labels,
+    bmamba detect's own Raven table included). Recordings without one are skipped and listed in
+    `skipped` (an empty table marks a recording without events); a CSV, or a folder where no
+    recording has one, is a ValueError saying what to do (`layout.check_detection_source`). classes: default the sorted labels found; labels not among them
     map to `unknown_label` (BEANS's "OTHR"), added to the classes if missing. Training windows
     take the same augmentation as `ClassificationDataset` (gain, `BackgroundMixer`); backgrounds
     must hold none of the classes, since the targets stay as annotated.
