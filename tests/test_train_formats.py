@@ -188,6 +188,15 @@ def test_detect_review_retrain_loop(tmp_path, real_data):
                        "--out", tmp_path / "run", "--device", "cpu")
     assert code == 0, out
     assert json.loads((tmp_path / "run" / "args.json").read_text())["task"] == "detect"
+    # the review, saved under Raven's name: it wins over detect's table, which stays as it was
+    lines = table.read_text().splitlines()
+    fields = lines[1].split("\t")
+    fields[lines[0].split("\t").index("Label")] = "reviewed"
+    reviewed = folder / "spinetail.Table.1.selections.txt"
+    reviewed.write_text(lines[0] + "\n" + "\t".join(fields) + "\n")
+    assert find_annotation_table(folder / "spinetail.wav") == reviewed
+    ds = DetectionDataset(folder, window_s=2.0, hop_s=1.0)
+    assert ds.classes == ["reviewed"] and len(ds.windows[0].annotations) == 1
 
 
 # --------------------------------------------------------------------------- item 9: info, export
