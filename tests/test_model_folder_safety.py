@@ -208,6 +208,27 @@ def test_graph_that_is_another_file_is_a_named_error(folder):
         OnnxBackend(folder)
 
 
+def test_graph_data_outside_the_folder_is_refused(folder, tmp_path):
+    """A graph may keep tensors in files beside it; one pointing outside the folder is refused."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    weight = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=[4],
+                         data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "16")):
+        weight.external_data.add(key=key, value=value)
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("audio", "frames")]
+    graph = helper.make_graph([helper.make_node("Add", ["audio", "W"], ["frames"])], "g",
+                              io[:1], io[1:], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (folder / "frontend.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(BackendError) as caught:
+        OnnxBackend(folder)
+    assert str(caught.value).startswith(str(folder / "frontend.onnx"))
+    assert "escapes model directory" in str(caught.value)
+
+
 def test_torch_backend_on_a_folder_without_weights(folder, recording):
     (folder / "model.json").unlink()  # a checkpoint folder, as training writes it
     (folder / "model.safetensors").unlink()
