@@ -131,7 +131,11 @@ class _DecoderMessages:
                 sys.stderr.flush()
             except (AttributeError, OSError, ValueError):
                 pass
-            saved = os.dup(2)
+            try:
+                saved = os.dup(2)
+            except OSError:  # no stderr at all (a daemon): nothing to keep quiet
+                yield
+                return
             os.dup2(self._file.fileno(), 2)
             try:
                 yield

@@ -259,6 +259,14 @@ def test_torch_backend_on_an_export_with_a_bad_config(folder):
     edit_json(folder / "config.json", lambda d: d["model"].update(n_layers=10**9))
     with pytest.raises(ValueError, match=r"config.json: invalid config: 'model': n_layers = 1000000000"):
         open_backend(folder, "torch")
+    shutil.copy(default_model_dir() / "config.json", folder / "config.json")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="model.safetensors: unreadable weights"):
+        open_backend(folder, "torch")
+    weights.unlink()
+    with pytest.raises(ValueError, match="model.safetensors is missing"):
+        open_backend(folder, "torch")
 
 
 # --------------------------------------------------------------------------------------------
