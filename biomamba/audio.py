@@ -290,7 +290,9 @@ class _Source:
         self.f = _open(path)
         self.rate, self.channels = self.f.samplerate, self.f.channels
         self.header_frames = max(int(self.f.frames), 0)
-        self._quiet = self.f.format == "MP3"  # the one decoder here that prints
+        self.format = self.f.format
+        self.header_log = self.f.extra_info  # libsndfile's notes on the header, taken at open
+        self._quiet = self.format == "MP3"  # the one decoder here that prints
 
     def read(self, out: np.ndarray) -> np.ndarray:
         """Fill out [n, channels] float32 from the current position; returns the frames read."""
@@ -460,11 +462,10 @@ def _promised_frames(source: _Source) -> int | None:
     only in a Xing/Info/VBRI header; without one libmpg123 estimates it from the file size (tags
     included), which is no promise.
     """
-    f = source.f
-    if f.format == "MP3" and not _mp3_states_its_length(source.path):
+    if source.format == "MP3" and not _mp3_states_its_length(source.path):
         return None
     frames = source.header_frames
-    said = re.search(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", f.extra_info, re.M)
+    said = re.search(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", source.header_log, re.M)
     if said and frames > 0:
         header_bytes, present_bytes = int(said[1]), int(said[2])
         # 0xFFFFFFFF is how streaming writers say "length unknown".
@@ -552,7 +553,7 @@ def iter_audio(
     whole mono signal (to float32 rounding), or the mono signal itself when the rates are equal.
 
     warnings: when a list is given, the read is tolerant and appends one human-readable line per
-    problem, each "<path>: <what happened>", as the problems are met or at the end:
+    problem, each "<path>: <what happened>", once the file has been read to its end:
     - a short read: "<path>: short read: decoded 3.9 s of 19.5 s the header promised (the file
       may be truncated or damaged)";
     - a span that fails to decode but is followed by decodable audio is read as silence of the

@@ -325,3 +325,24 @@ def test_real_recordings_are_read_bit_identically():
         checked += 1
     assert checked >= 20
 
+
+
+def test_damaged_flac_deleted_while_read_ends_in_a_short_read(tmp_path):
+    """The decoder cannot be reopened after the damage (the file is gone): what was read stands,
+    and the warning says how much; no traceback."""
+    rate = 16000
+    rng = np.random.default_rng(7)
+    signal = rng.uniform(-0.5, 0.5, rate * 10).astype(np.float32)
+    path = tmp_path / "gone.flac"
+    sf.write(path, signal, rate, format="FLAC", subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2000] = rng.integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    warnings: list[str] = []
+    blocks = iter_audio(path, block_s=1.0, warnings=warnings)
+    first = next(blocks)
+    path.unlink()  # the open handle still reads; a fresh one cannot be made
+    rest = list(blocks)
+    assert len(first) == rate and 2 <= len(rest) <= 6
+    assert len(warnings) == 1 and "short read" in warnings[0] and "libsndfile" in warnings[0]
