@@ -8,7 +8,7 @@ import torch
 from biomamba.ssd import ssd_chunked, ssd_recurrent, ssd_step
 
 
-def random_inputs(b, t, h, p, g, n, dtype, seed, nonzero_state=True):
+def random_inputs(b, t, h, p, g, n, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
 
     def r(*shape):
@@ -17,10 +17,10 @@ def random_inputs(b, t, h, p, g, n, dtype, seed, nonzero_state=True):
     x, dt, B, C = r(b, t, h, p), r(b, t, h), r(b, t, g, n), r(b, t, g, n)
     A = -torch.exp(torch.rand(h, generator=gen, dtype=torch.float64) * 3)    # -1 .. -20
     D, dt_bias = r(h), r(h) - 1.0
-    state = r(b, h, p, n) if nonzero_state else None
+    state = r(b, h, p, n)
     cast = (lambda v: v.to(dtype)) if dtype != torch.float64 else (lambda v: v)
     args = [cast(v) for v in (x, dt, A, B, C, D, dt_bias)]
-    return args, (cast(state) if state is not None else None)
+    return args, cast(state)
 
 
 @pytest.mark.parametrize("form", ["ssd_step", "ssd_recurrent"])
