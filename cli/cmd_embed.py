@@ -41,11 +41,13 @@ def register(app: typer.Typer) -> None:
         files, problems = find_audio(inputs)
         if not files:
             fail("no recordings found: " + "; ".join(f"{i}: {why}" for i, why in problems), usage=True)
-        try:
+        if model is not None and not model.exists():
+            fail(f"--model {model}: no such model folder", usage=True)
+        try:  # the folder is there but is no usable model, or the backend cannot run here: a failed run
             _, folder, _ = describe_model(model, backend)
             engine = open_backend(folder, backend, threads=threads)
         except (ManifestError, BackendError, ValueError) as e:
-            fail(str(e), usage=True)
+            fail(str(e))
         result = embed_files(engine, files, window_s=window_s, hop_s=hop_s, chunk_s=chunk_s, channel=channel)
         npy, index = write_embeddings(out, result)
         for _path, why in result.failures:

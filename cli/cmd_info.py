@@ -19,6 +19,8 @@ def register(app: typer.Typer) -> None:
         """Print the metadata of a checkpoint or an exported model folder."""
         from biomamba.info import InfoError, describe
 
+        if not model.exists():
+            fail(f"{model}: no such file or folder", usage=True)
         try:
             meta = describe(model)
         except InfoError as e:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from .cmd_train import run_and_report
 from .common import fail
 
 
@@ -66,12 +66,9 @@ def register(app: typer.Typer) -> None:
 
         The encoder in OUT/last is an ordinary checkpoint: bmamba train --init OUT/last.
         """
-        from biomamba.checkpoint import CheckpointError
         from biomamba.runtime.durations import parse_duration
-        from biomamba.training.devices import is_main_process
         from biomamba.training.pretrain.runner import PretrainConfig, check_options
         from biomamba.training.pretrain.runner import pretrain as run_pretrain
-        from biomamba.training.runs import TrainingError
 
         for name, path in (("--init", init), ("--labels-from", labels_from)):
             if path is not None and not path.exists():
@@ -91,11 +88,4 @@ def register(app: typer.Typer) -> None:
             check_options(cfg)
         except ValueError as e:
             fail(str(e), usage=True)
-        try:
-            result = run_pretrain(cfg)
-        except (TrainingError, CheckpointError, ValueError) as e:
-            fail(str(e))
-        except KeyboardInterrupt:
-            fail("interrupted")
-        if is_main_process():
-            typer.echo(json.dumps({k: v for k, v in result.items() if k != "notes"}))
+        run_and_report(run_pretrain, cfg)

@@ -66,10 +66,7 @@ def register(app: typer.Typer) -> None:
         Multi-GPU / multi-node: launch with torchrun (e.g. torchrun --nproc_per_node 4 -m
         biomamba.cli.app train ...); every process reads its share of each epoch.
         """
-        from biomamba.checkpoint import CheckpointError
         from biomamba.runtime.durations import parse_duration
-        from biomamba.training.devices import is_main_process
-        from biomamba.training.runs import TrainingError
         from biomamba.training.train import TrainConfig, check_options
         from biomamba.training.train import train as run_train
 
@@ -102,14 +99,24 @@ def register(app: typer.Typer) -> None:
             check_options(cfg)
         except ValueError as e:
             fail(str(e), usage=True)
-        try:
-            result = run_train(cfg)
-        except (TrainingError, CheckpointError, ValueError) as e:
-            fail(str(e))
-        except KeyboardInterrupt:
-            fail("interrupted")
-        if is_main_process():
-            typer.echo(json.dumps({k: v for k, v in result.items() if k != "notes"}))
+        run_and_report(run_train, cfg)
+
+
+def run_and_report(run, cfg) -> None:
+    """Run `train` or `pretrain` on its config: a failed run (bad data or --init, NaN, interrupt)
+    exits 1 with one line; the result is printed as one JSON line (rank 0 only under torchrun)."""
+    from biomamba.checkpoint import CheckpointError
+    from biomamba.training.devices import is_main_process
+    from biomamba.training.runs import TrainingError
+
+    try:
+        result = run(cfg)
+    except (TrainingError, CheckpointError, ValueError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted")
+    if is_main_process():
+        typer.echo(json.dumps({k: v for k, v in result.items() if k != "notes"}))
 
 
 def _pair(text: str, option: str) -> tuple[float, float]:
