@@ -34,6 +34,7 @@ from biomamba.runtime import journal as journal_module
 from biomamba.runtime import writers as writers_module
 from biomamba.runtime.backends import open_backend
 from biomamba.runtime.detect import DetectConfig, Detector, run
+from biomamba.runtime.events import Event
 from biomamba.runtime.journal import Journal, JournalError
 from biomamba.runtime.manifest import read_manifest
 from conftest import perturb_
@@ -408,6 +409,16 @@ def test_odd_journal_lines_are_skipped(tmp_path):
         assert journal.skipped_lines == 3 and journal.is_done(recording)
 
 
+def test_event_file_keeps_a_non_utf8_recording_name(tmp_path):
+    recording = tmp_path / os.fsdecode(b"rec_\xff.wav")
+    for fmt in ("json", "csv", "raven"):
+        path = writers_module.output_path(recording, tmp_path, fmt)
+        writers_module.write_events(path, [Event(0.1, 0.5, "frog", 0.9)], fmt, recording=recording,
+                                    duration_s=1.0, sample_rate=16000, backend="b", model="m")
+    assert json.loads((tmp_path / os.fsdecode(b"rec_\xff.bmamba.json")).read_text())["file"] == str(recording)
+    assert "rec_\\udcff.wav" in (tmp_path / os.fsdecode(b"rec_\xff.bmamba.csv")).read_text()
+
+
 def test_report_path_problems_are_usage_errors(exported, tmp_path):
     noise(tmp_path / "a.wav", 1, 0)
     code, text = detect(tmp_path / "a.wav", "--model", exported, "--report", tmp_path / "nowhere" / "r.json")
@@ -419,6 +430,7 @@ def test_report_path_problems_are_usage_errors(exported, tmp_path):
 # --- 10: journal on a device or FIFO, --threads, --chunk ----------------------------------------
 
 
+@pytest.mark.timeout(120)   # before the fix, reading the FIFO waited for ever
 def test_journal_on_a_device_or_fifo_is_refused(exported, tmp_path):
     noise(tmp_path / "a.wav", 1, 0)
     fifo = tmp_path / "fifo"
