@@ -88,11 +88,11 @@ def register(app: typer.Typer) -> None:
         _check_report_path(report)
 
         found, problems = find_audio_with_roots(inputs)
-        for item, why in problems:   # named now, counted as failures in the summary
-            typer.secho(f"bmamba: failed: {item}: {why}", err=True, fg=typer.colors.RED)
         if not found:
             _write_report(report, RunSummary(problems=list(problems)).to_dict())
             fail("no recordings found: " + "; ".join(f"{i}: {why}" for i, why in problems), usage=True)
+        for item, why in problems:   # named now, counted as failures in the summary
+            typer.secho(f"bmamba: failed: {item}: {why}", err=True, fg=typer.colors.RED)
         try:
             outputs = plan_outputs(found, out, fmt)
         except ValueError as e:

@@ -153,8 +153,7 @@ def plan_outputs(found: Iterable[tuple[Path, Path | None]], out_dir: Path | None
         raise ValueError(
             "two recordings would write the same output, and one table would overwrite the other: "
             + "; ".join(clashes[:3]) + more + ". Give their common parent folder as the input (the "
-            "outputs then mirror its sub-folders under --out), rename one, or run them separately "
-            "with different --out folders")
+            "outputs then mirror its sub-folders under --out), or rename or move one of them")
     return outputs
 
 
@@ -412,7 +411,7 @@ def chunk_memory_problem(chunk_s: float, available_mb: float) -> str | None:
     if need_mb <= available_mb:
         return None
     fits = max(1, int(available_mb / MB_PER_CHUNK_S))
-    return (f"--chunk {chunk_s:g}s needs about {need_mb / 1024:.1f} GB of memory for one chunk "
+    return (f"--chunk {chunk_s:.0f}s needs about {need_mb / 1024:.1f} GB of memory for one chunk "
             f"({MB_PER_CHUNK_S} MB per second of chunk) but {available_mb / 1024:.1f} GB is available; "
             f"use --chunk {min(fits, 600)}s or less (results do not depend on --chunk)")
 

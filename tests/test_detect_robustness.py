@@ -442,7 +442,7 @@ def test_journal_on_a_device_or_fifo_is_refused(exported, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--threads", "100000"], "--threads 100000: this machine has"),
-    (["--chunk", "100000m"], "--chunk 6e+06s needs about"),
+    (["--chunk", "100000m"], "--chunk 6000000s needs about"),
     (["--threshold", "nan"], "--threshold must be between 0 and 1"),
     (["--threshold-off", "nan"], "--threshold-off must be between 0 and 1"),
     (["--min-duration", "nan"], "--min-duration"),
