@@ -23,10 +23,11 @@ at most _PIECE_SAMPLES samples whatever the header says.
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
 import threading
@@ -746,60 +747,164 @@ def find_audio(
 
     - a file named explicitly is kept whatever its extension (reading it says if it is not audio);
     - a folder is searched recursively for files with an AUDIO_EXTENSIONS suffix (any case),
-      skipping hidden files and folders (names starting with ".");
-    - a pattern with `*`, `?` or `[` is expanded with `glob` (`**` matches any depth); matched
-      audio files are kept and matched folders are searched as above.
+      skipping hidden files and folders (names starting with ".") and not following symbolic
+      links to folders (a link loop cannot make the search endless);
+    - a pattern with `*`, `?` or `[` is expanded like `glob` (`**` matches any depth, hidden names
+      only where the pattern starts them with "."); matched audio files are kept and matched
+      folders are searched as above.
 
     Returns (files, problems): files in input order, sorted within each input, each file once
-    (the first time it is met, compared by resolved path); problems are (input, reason) for the
-    inputs that gave no file: "no such file or folder", "glob matched no audio files",
-    "folder holds no audio files".
+    (the first time it is met, compared by resolved path); problems are (input or folder, reason)
+    for what gave no file or could not be searched: "no such file or folder", "glob matched no
+    audio files", "folder holds no audio files", "cannot read this folder: Permission denied",
+    "cannot be read: Too many levels of symbolic links", ...
     """
-    files: list[Path] = []
+    found, problems = find_audio_with_roots(inputs)
+    return [path for path, _ in found], problems
+
+
+def find_audio_with_roots(
+    inputs: Iterable[str | os.PathLike],
+) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+    """`find_audio`, with the folder each recording was found in: (path, root) pairs.
+
+    root is the input folder for a folder, the literal leading folders of a pattern for a glob
+    (``data/*/x*.wav`` -> ``data``) and the file's own folder for a file named explicitly, so that
+    ``path.relative_to(root)`` is the recording's place in the layout the user gave.
+    """
+    found: list[tuple[Path, Path]] = []
     problems: list[tuple[str, str]] = []
     seen: set[Path] = set()
     for item in inputs:
         text = os.fspath(item)
         path = Path(text)
-        if text and path.is_dir():
-            found = _audio_in_folder(path)
-            if not found:
+        kind = _kind(path) if text else None
+        if kind == "folder":
+            root = path
+            files = _audio_in_folder(path, problems)
+            if not files:
                 problems.append((text, "folder holds no audio files"))
-        elif text and path.exists():
-            found = [path]
-        elif any(c in text for c in "*?["):
-            found = _audio_from_glob(text)
-            if not found:
+        elif kind == "file":
+            root, files = path.parent, [path]
+        elif _is_glob(text):
+            known = len(problems)
+            root, files = _glob_root(text), _audio_from_glob(text, problems)
+            if not files and len(problems) == known:  # else the unreadable folder is named
                 problems.append((text, "glob matched no audio files"))
         else:
-            problems.append((text, "no such file or folder"))
-            found = []
-        for file in found:
-            key = file.resolve()
+            problems.append((text, _missing_reason(path) if text else "no such file or folder"))
+            continue
+        for file in files:
+            try:
+                key = file.resolve(strict=True)
+            except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop (Python < 3.13)
+                problems.append((str(file), _missing_reason(file, error)))
+                continue
             if key not in seen:
                 seen.add(key)
-                files.append(file)
-    return files, problems
+                found.append((file, root))
+    return found, list(dict.fromkeys(problems))   # a folder met by two inputs is named once
+
+
+def _kind(path: Path) -> str | None:
+    """"folder", "file" (anything else that exists) or None (absent or not reachable)."""
+    try:
+        return "folder" if stat.S_ISDIR(os.stat(path).st_mode) else "file"
+    except OSError:
+        return None
 
 
 def _is_audio_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
 
 
-def _audio_in_folder(folder: Path) -> list[Path]:
+def _is_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _missing_reason(path: Path, error: BaseException | None = None) -> str:
+    """Why a path that was named cannot be used: absent, or there but unreadable (a folder on the
+    way without permission, a symbolic link loop), in the system's words."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "no such file or folder"
+    except OSError as e:
+        return f"cannot be read: {e.strerror}"
+    if isinstance(error, OSError) and error.strerror:
+        return f"cannot be read: {error.strerror}"
+    return f"cannot be read: {error}" if error is not None else "no such file or folder"
+
+
+def _audio_in_folder(folder: Path, problems: list[tuple[str, str]]) -> list[Path]:
+    """Audio files under folder, sorted; sub-folders that cannot be listed go to problems."""
     found = []
-    for root, dirs, names in os.walk(folder):
+
+    def unreadable(error: OSError) -> None:   # os.walk would skip such a folder without a word
+        problems.append((str(error.filename), f"cannot read this folder: {error.strerror}"))
+
+    for root, dirs, names in os.walk(folder, onerror=unreadable):
         dirs[:] = [d for d in dirs if not d.startswith(".")]  # do not descend into hidden folders
         found.extend(Path(root, name) for name in names if _is_audio_name(name))
     return sorted(found)
 
 
-def _audio_from_glob(pattern: str) -> list[Path]:
-    found = []
-    for match in glob.glob(pattern, recursive=True):  # hidden names are not matched by * or **
-        path = Path(match)
-        if path.is_dir():
-            found.extend(_audio_in_folder(path))
-        elif path.is_file() and _is_audio_name(path.name):
-            found.append(path)
-    return sorted(set(found))
+def _glob_root(pattern: str) -> Path:
+    """The leading folders of pattern that hold no wildcard: where its matches are searched."""
+    parts = Path(pattern).parts
+    literal = []
+    for part in parts[:-1]:
+        if _is_glob(part):
+            break
+        literal.append(part)
+    return Path(*literal) if literal else Path(".")
+
+
+def _audio_from_glob(pattern: str, problems: list[tuple[str, str]]) -> list[Path]:
+    """Audio files matched by pattern (and under the folders it matches), sorted.
+
+    Walks the folders itself instead of `glob.glob`: `**` does not follow symbolic links to
+    folders (glob's does, so a link loop multiplies the matches), and a folder that cannot be
+    listed is a problem, not silently nothing.
+    """
+    root = _glob_root(pattern)
+    found: set[Path] = set()
+    for match in _glob_walk(root, Path(pattern).parts[len(root.parts):], problems):
+        if _kind(match) == "folder":
+            found.update(_audio_in_folder(match, problems))
+        elif _is_audio_name(match.name):
+            found.add(match)   # a broken link or a link loop is named when it is resolved
+    return sorted(found)
+
+
+def _glob_walk(folder: Path, parts: tuple[str, ...], problems: list[tuple[str, str]]) -> Iterator[Path]:
+    """Paths under folder matching the pattern components parts (`**`: zero or more folders)."""
+    if not parts:
+        yield folder
+        return
+    head, rest = parts[0], parts[1:]
+    if head == "**":
+        yield from _glob_walk(folder, rest, problems)      # zero folders
+        for entry in _listdir(folder, problems):
+            if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                yield from _glob_walk(folder / entry.name, parts, problems)
+    elif not _is_glob(head):
+        if os.path.lexists(folder / head):
+            yield from _glob_walk(folder / head, rest, problems)
+    else:
+        for entry in _listdir(folder, problems):
+            if entry.name.startswith(".") and not head.startswith("."):
+                continue   # like glob: * and ? do not match a leading "."
+            if fnmatch.fnmatchcase(entry.name, head):
+                yield from _glob_walk(folder / entry.name, rest, problems)
+
+
+def _listdir(folder: Path, problems: list[tuple[str, str]]) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as error:
+        problems.append((str(folder), f"cannot read this folder: {error.strerror}"))
+        return []

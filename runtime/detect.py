@@ -6,6 +6,13 @@ incrementally (``EventTracker``); the table is written atomically; the resume jo
 file. Nothing here holds more than one chunk of audio or probabilities, so memory does not grow
 with recording length.
 
+What a long unattended run must not do, and how it is kept from it: two recordings never share
+an output (`plan_outputs` refuses before the start); model and option problems are found once,
+before the first recording (`Detector.check`); a recording that changed while it was processed,
+or a model that gave NaN/inf, is a failure with a reason, never a silent "done" or an empty
+table; a short read by the decoder is a warning; `stop` (a signal) ends the current recording
+without an output, and a journal that cannot be written ends the run, both with a summary.
+
 Detection models (task ``detect``) give per-frame sigmoid probabilities. Clip classifiers (task
 ``classify``) are applied to consecutive windows of ``window_s`` (their mean-pooled frame logits,
 softmax), like BirdNET's 3 s windows; each window is then one "frame" for the event tracker.
@@ -13,6 +20,9 @@ softmax), like BirdNET's 3 s windows; each window is then one "frame" for the ev
 
 from __future__ import annotations
 
+import inspect
+import math
+import os
 import resource
 import threading
 import time
@@ -27,7 +37,7 @@ from biomamba.metrics import prf_from_counts
 from biomamba.streaming import FRAME_S, HOP, SAMPLE_RATE, StreamRunner
 
 from .events import Event, EventTracker
-from .journal import Journal
+from .journal import Journal, JournalError, fingerprint
 from .pooling import WindowPooler
 from .writers import EventFile, OutputError, output_path
 
@@ -60,6 +70,18 @@ class DetectConfig:
     out_dir: Path | None = None
     channel: int | None = None
 
+    def check(self) -> None:
+        """Raises ValueError naming the option for a value no recording can be run with."""
+        for name, value in (("--threshold", self.threshold), ("--threshold-off", self.threshold_off)):
+            if value is not None and not 0 < value < 1:
+                raise ValueError(f"{name} must be between 0 and 1, not {value}")
+        for name, value in (("--min-duration", self.min_duration_s), ("--merge-gap", self.merge_gap_s)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value}")
+        for name, value in (("--chunk", self.chunk_s), ("--window", self.window_s)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive duration, not {value}")
+
 
 @dataclass
 class ParityCounts:
@@ -90,12 +112,59 @@ class ParityCounts:
 @dataclass
 class FileResult:
     path: Path
-    status: str                        # "ok", "failed", "skipped" (done in an earlier run)
+    status: str      # "ok", "failed", "skipped" (done in an earlier run), "interrupted" (a signal)
     reason: str = ""
     audio_s: float = 0.0
     wall_s: float = 0.0
     events: int = 0
     output: Path | None = None
+    warnings: list[str] = field(default_factory=list)   # e.g. the decoder's short read
+
+
+class ModelOutputError(ValueError):
+    """The model gave outputs no table can be made from (NaN/inf); names the file and the time."""
+
+
+class Interrupted(Exception):
+    """`Detector.stop` was set (a signal) while a recording was processed."""
+
+
+def plan_outputs(found: Iterable[tuple[Path, Path | None]], out_dir: Path | None, fmt: str) -> dict[Path, Path]:
+    """{recording: output} for (recording, root) pairs (root: the input folder it was found in, see
+    `biomamba.audio.find_audio_with_roots`; None for a file named directly).
+
+    Raises ValueError naming every pair of recordings that would write the same output
+    (``siteA/x.wav`` and ``siteB/x.wav`` given as two folders, or ``x.wav`` and ``x.flac`` side
+    by side): refused before the start, never "the last one wins".
+    """
+    outputs: dict[Path, Path] = {}
+    owner: dict[str, Path] = {}
+    clashes = []
+    for recording, root in found:
+        out = output_path(recording, out_dir, fmt, root)
+        key = os.path.normpath(os.path.abspath(out))
+        if key in owner:
+            clashes.append(f"{owner[key]} and {recording} -> {out}")
+        else:
+            owner[key] = recording
+        outputs[recording] = out
+    if clashes:
+        more = f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else ""
+        raise ValueError(
+            "two recordings would write the same output, and one table would overwrite the other: "
+            + "; ".join(clashes[:3]) + more + ". Give their common parent folder as the input (the "
+            "outputs then mirror its sub-folders under --out), or rename or move one of them")
+    return outputs
+
+
+# Until the reader reports short reads (`iter_audio(..., warnings=list)`), it is called without.
+_READER_WARNS = "warnings" in inspect.signature(iter_audio).parameters
+
+
+def _blocks(path: Path, block_s: float, channel: int | None, warnings: list[str]):
+    if _READER_WARNS:
+        return iter_audio(path, block_s=block_s, channel=channel, warnings=warnings)
+    return iter_audio(path, block_s=block_s, channel=channel)
 
 
 class Scorer:
@@ -138,7 +207,32 @@ class Detector:
         else:
             self.thresholds = np.array([manifest.thresholds.get(c, 0.5) for c in self.classes], np.float32)
         self.parity = ParityCounts() if reference is not None else None
+        self.stop = threading.Event()   # set (by a signal handler) to end the current recording
         Scorer(manifest.task, config.window_s)   # fails early for an embedding model
+
+    def check(self) -> None:
+        """Finds model and option problems once, before the first recording (ValueError, naming
+        the model): thresholds outside (0, 1), and a model whose outputs on one second of silence
+        do not have one column per class of its manifest or are not finite."""
+        config = self.config
+        config.check()
+        bad = [f"{c}={t}" for c, t in zip(self.classes, self.thresholds) if not 0 < t < 1]
+        if bad:
+            raise ValueError(f"model {self.model_name}: thresholds must be between 0 and 1: {', '.join(bad)}")
+        runner = StreamRunner(self.backend.run_chunk, self.backend.initial_state(1), self.max_frames)
+        outputs = [runner.push(np.zeros(SAMPLE_RATE, np.float32)), runner.flush()]
+        logits = [o["logits"] for o in outputs if "logits" in o]
+        if not logits:
+            raise ValueError(f"model {self.model_name}: the backend gives no 'logits' output")
+        logits = np.concatenate(logits)
+        if logits.ndim != 2 or logits.shape[-1] != len(self.classes):
+            raise ValueError(
+                f"model {self.model_name}: the model gives {logits.shape[-1] if logits.ndim else 0} "
+                f"scores per frame but its manifest lists {len(self.classes)} classes "
+                f"({', '.join(self.classes)}): the model folder is inconsistent")
+        if not np.isfinite(logits).all():
+            raise ValueError(f"model {self.model_name}: the model gives NaN or infinite scores on "
+                             "silence; it is broken (re-export it)")
 
     def _tracker(self, unit_s: float) -> EventTracker:
         c = self.config
@@ -146,24 +240,37 @@ class Detector:
         return EventTracker(self.classes, frame_s=unit_s, threshold=self.thresholds, threshold_off=off,
                             min_duration_s=c.min_duration_s, merge_gap_s=c.merge_gap_s)
 
-    def process(self, path: Path, on_audio: Callable[[float], None] | None = None) -> FileResult:
-        """One recording. Reader, model and writer errors become a failed result, never an exception."""
+    def process(self, path: Path, on_audio: Callable[[float], None] | None = None, out: Path | None = None,
+                on_warning: Callable[[Path, str], None] | None = None) -> FileResult:
+        """One recording into out (default: `output_path` without a root). Reader, model and
+        writer errors become a failed result, never an exception; a set `stop` gives an
+        "interrupted" result and no output. Reader warnings go to on_warning as they happen."""
         start = time.perf_counter()
+        warnings: list[str] = []
         try:
             info = audio_info(path)
-            out = output_path(path, self.config.out_dir, self.config.fmt)
+            out = out or output_path(path, self.config.out_dir, self.config.fmt)
+            if self.config.out_dir is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)   # the mirrored sub-folder
             with EventFile(out, self.config.fmt, recording=path, sample_rate=info.sample_rate,
                            backend=self.backend.name, model=self.model_name) as file:
-                audio_s = self._run(path, file, on_audio)
+                audio_s = self._run(path, file, on_audio, warnings, on_warning)
                 file.commit(audio_s)
-        except (AudioError, OutputError, OSError) as e:
-            return FileResult(path, "failed", str(e), wall_s=time.perf_counter() - start)
+        except Interrupted:
+            return FileResult(path, "interrupted", f"{path}: interrupted; no output written",
+                              wall_s=time.perf_counter() - start, warnings=warnings)
+        except (AudioError, OutputError, ModelOutputError) as e:
+            return FileResult(path, "failed", str(e), wall_s=time.perf_counter() - start, warnings=warnings)
+        except OSError as e:
+            return FileResult(path, "failed", f"{e.filename or path}: {e.strerror or e}",
+                              wall_s=time.perf_counter() - start, warnings=warnings)
         except Exception as e:  # a backend failure on one file must not end a run of thousands
-            return FileResult(path, "failed", f"{path}: {type(e).__name__}: {e}", wall_s=time.perf_counter() - start)
+            return FileResult(path, "failed", f"{path}: {type(e).__name__}: {e}",
+                              wall_s=time.perf_counter() - start, warnings=warnings)
         return FileResult(path, "ok", audio_s=audio_s, wall_s=time.perf_counter() - start,
-                          events=file.count, output=out)
+                          events=file.count, output=out, warnings=warnings)
 
-    def _run(self, path: Path, file: EventFile, on_audio) -> float:
+    def _run(self, path: Path, file: EventFile, on_audio, warnings: list[str], on_warning) -> float:
         """Streams the recording through the model into file; returns its duration in seconds.
         Events go to the file as they become final: memory does not grow with their number
         (with --parity both event lists are kept, for the F1)."""
@@ -188,6 +295,15 @@ class Detector:
             ref_tracker, ref_events = self._tracker(ref_scorer.unit_s), []
 
         def consume(out, ref_out, final=False):
+            for name, value in out.items():
+                if value.size == 0:
+                    continue
+                bad = ~np.isfinite(value).reshape(len(value), -1).all(axis=1)
+                if bad.any():   # NaN compares below every threshold: it would read as "nothing found"
+                    t = (runner.frames - len(value) + int(np.argmax(bad))) * FRAME_S
+                    raise ModelOutputError(
+                        f"{path}: the model gave NaN or infinite {name!r} at {t:.1f} s; no table was "
+                        f"written (the model or its backend is broken; try --backend onnxruntime or --parity)")
             probs = scorer(out, final)
             if len(probs):
                 emit(tracker.push(probs))
@@ -199,10 +315,25 @@ class Detector:
                                                    float(np.abs(probs - ref_probs).max()))
                     self.parity.frames += len(probs)
 
-        for block in iter_audio(path, block_s=self.config.chunk_s, channel=self.config.channel):
+        told = 0
+
+        def tell() -> None:   # reader warnings are said when they happen, not only at the end
+            nonlocal told
+            for message in warnings[told:]:
+                if on_warning:
+                    on_warning(path, message)
+            told = len(warnings)
+
+        for block in _blocks(path, self.config.chunk_s, self.config.channel, warnings):
+            if self.stop.is_set():
+                raise Interrupted
             consume(runner.push(block), self.reference and ref_runner.push(block))
             if on_audio:
                 on_audio(len(block) / SAMPLE_RATE)
+            tell()
+        tell()
+        if self.stop.is_set():
+            raise Interrupted
         consume(runner.flush(), self.reference and ref_runner.flush(), final=True)
         emit(tracker.flush())
         if self.reference is not None:
@@ -223,12 +354,15 @@ class RunSummary:
     """The `--report` of a run (DESIGN.md, Command-line contract)."""
 
     results: list[FileResult] = field(default_factory=list)
-    problems: list[tuple[str, str]] = field(default_factory=list)   # inputs that matched nothing
+    problems: list[tuple[str, str]] = field(default_factory=list)   # inputs that gave no recording
     wall_s: float = 0.0
     backend: str = ""
     chunk_s: float = 0.0
     peak_gpu_mb: float | None = None
     parity: dict | None = None
+    not_started: int = 0                 # recordings a stop (signal, journal error) left alone
+    interrupted: str | None = None       # the signal that stopped the run, e.g. "SIGTERM"
+    aborted: str | None = None           # why the run stopped early otherwise (the journal's error)
 
     @property
     def failed(self) -> list[FileResult]:
@@ -238,7 +372,7 @@ class RunSummary:
         audio_s = sum(r.audio_s for r in self.results if r.status == "ok")
         busy = sum(r.wall_s for r in self.results if r.status != "skipped")
         return {
-            "files": len(self.results),
+            "files": len(self.results) + self.not_started,
             "processed": sum(r.status == "ok" for r in self.results),
             "skipped": sum(r.status == "skipped" for r in self.results),
             "failed": len(self.failed) + len(self.problems),
@@ -253,7 +387,33 @@ class RunSummary:
             "backend": self.backend,
             "chunk_s": self.chunk_s,
             "parity": self.parity,
+            "warnings": [{"file": str(r.path), "message": m} for r in self.results for m in r.warnings],
+            "not_processed": self.not_started + sum(r.status == "interrupted" for r in self.results),
+            "interrupted": self.interrupted,
+            "aborted": self.aborted,
+            "recordings": [{"file": str(r.path), "status": r.status,
+                            "output": None if r.output is None else str(r.output),
+                            "audio_s": round(r.audio_s, 3), "events": r.events, "reason": r.reason,
+                            "warnings": r.warnings} for r in self.results],
         }
+
+
+# Peak memory grows with --chunk: measured 1.3 MB per second of chunk with the shipped model
+# (peak RSS 183 MB at --chunk 60s, 898 MB at 600s, 2-core AMD EPYC, onnxruntime CPU); 1.5 leaves room.
+MB_PER_CHUNK_S = 1.5
+
+
+def chunk_memory_problem(chunk_s: float, available_mb: float) -> str | None:
+    """Why --chunk cannot run in available_mb of memory, or None. An estimate for models like the
+    shipped one (wider models need more); results do not depend on --chunk, so a smaller one
+    loses nothing."""
+    need_mb = chunk_s * MB_PER_CHUNK_S
+    if need_mb <= available_mb:
+        return None
+    fits = max(1, int(available_mb / MB_PER_CHUNK_S))
+    return (f"--chunk {chunk_s:.0f}s needs about {need_mb / 1024:.1f} GB of memory for one chunk "
+            f"({MB_PER_CHUNK_S} MB per second of chunk) but {available_mb / 1024:.1f} GB is available; "
+            f"use --chunk {min(fits, 600)}s or less (results do not depend on --chunk)")
 
 
 def default_batch(backend) -> int:
@@ -281,8 +441,17 @@ def journal_settings(manifest, config: DetectConfig) -> dict:
 def run(detector: Detector, files: Iterable[Path], journal: Journal | None = None,
         on_file_start: Callable[[Path], None] | None = None,
         on_file_done: Callable[[FileResult], None] | None = None,
-        on_audio: Callable[[float], None] | None = None, batch: int = 1) -> RunSummary:
+        on_audio: Callable[[float], None] | None = None, batch: int = 1,
+        outputs: dict[Path, Path] | None = None,
+        on_warning: Callable[[Path, str], None] | None = None) -> RunSummary:
     """Process files; skip those the journal has; record each as it finishes.
+
+    outputs: {recording: output} from `plan_outputs` (default: `output_path` without a root).
+    A recording's size and modification time are taken before it is processed and compared after:
+    one that changed (still growing, replaced, deleted) fails with the reason and is journaled
+    under its old state, so a rerun processes it again. `detector.stop` (a signal) ends the current
+    recording(s) without output and starts no other; a journal that cannot be written ends the run
+    the same way (`summary.aborted`), since nothing done after it could be resumed.
 
     batch > 1: that many recordings at a time, each in its own thread, their chunks run as one
     backend call (``BatchingBackend``); results are the same, in the same order.
@@ -291,33 +460,68 @@ def run(detector: Detector, files: Iterable[Path], journal: Journal | None = Non
     start = time.perf_counter()
     files = list(files)
     lock = threading.Lock()
+    halt = threading.Event()
 
-    def one(path: Path) -> FileResult:
+    def one(path: Path) -> FileResult | None:
+        if halt.is_set() or detector.stop.is_set():
+            return None
         if on_file_start:
             on_file_start(path)
-        out = output_path(path, detector.config.out_dir, detector.config.fmt)
+        out = (outputs or {}).get(path) or output_path(path, detector.config.out_dir, detector.config.fmt)
         if journal is not None and journal.is_done(path) and out.exists():
             result = FileResult(path, "skipped", output=out)
         else:
-            result = detector.process(path, on_audio)
-            if journal is not None:
+            try:
+                before = fingerprint(path)
+            except OSError:
+                before = None   # reading it says why
+            result = _unchanged(detector.process(path, on_audio, out, on_warning), before)
+            if journal is not None and result.status in ("ok", "failed"):
                 with lock:
-                    journal.record(path, result.status, reason=result.reason, audio_s=result.audio_s,
-                                   events=result.events)
+                    try:
+                        journal.record(path, result.status, fingerprint=before or (-1, -1),
+                                       reason=result.reason, audio_s=result.audio_s, events=result.events)
+                    except JournalError as error:
+                        summary.aborted = f"{error}; the run stopped, as what it did could not be resumed"
+                        halt.set()
         if on_file_done:
             on_file_done(result)
         return result
 
     if batch <= 1 or len(files) <= 1:
-        summary.results = [one(path) for path in files]
+        results = [one(path) for path in files]
     else:
-        summary.results = _run_batched(detector, files, one, batch)
+        results = _run_batched(detector, files, one, batch)
+    summary.results = [r for r in results if r is not None]
+    summary.not_started = len(results) - len(summary.results)
     summary.wall_s = time.perf_counter() - start
     if detector.parity is not None:
         summary.parity = detector.parity.summary()
     gpu = getattr(detector.backend, "peak_gpu_mb", None)
     summary.peak_gpu_mb = gpu() if callable(gpu) else None
     return summary
+
+
+def _unchanged(result: FileResult, before: tuple[int, int] | None) -> FileResult:
+    """result, or a failure when the recording is no longer what was read (its table stays: it is
+    right for what was read; the journal does not count it as done)."""
+    if result.status != "ok":
+        return result
+    path = result.path
+    try:
+        now = fingerprint(path)
+    except OSError as error:
+        why = f"was moved or deleted while it was processed ({error.strerror})"
+    else:
+        if now == before:
+            return result
+        why = "changed while it was processed" if before is None else (
+            f"changed while it was processed (size {before[0]} -> {now[0]} bytes, "
+            f"modified {'again' if now[1] != before[1] else 'no'})")
+    result.status = "failed"
+    result.reason = (f"{path}: {why}; the table {result.output} holds what was read, but the recording is "
+                     "not recorded as done, so the next run processes it again")
+    return result
 
 
 def _run_batched(detector: Detector, files: list[Path], one, batch: int) -> list[FileResult]:

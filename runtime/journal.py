@@ -5,14 +5,18 @@ the next recording starts, so a run killed at any moment loses at most the recor
 On restart, a recording counts as done when the journal holds an "ok" line for the same absolute
 path, size, modification time (ns) and settings hash; so a recording that changed since, a run with
 other settings (model, threshold, format, chunk, ...), or a recording that failed is processed
-again. When a recording has several lines, the last one wins.
+again. When a recording has several lines, the last one wins. The size and time recorded are the
+ones taken before the recording was processed (`fingerprint`), so a file replaced or still growing
+meanwhile does not count as done in its new state.
 
 Lines look like
     {"path": "/abs/rec.wav", "size": 123, "mtime_ns": 170..., "settings": "3f2a...", "status": "ok",
      "time": "2024-05-01T12:00:00+00:00", ...info}
 and, once per settings hash, {"settings_hash": "3f2a...", "settings": {...}} so that a person can
-read which settings a hash stands for. Lines that cannot be read (a line torn by a kill mid-write)
-are skipped.
+read which settings a hash stands for. Lines that cannot be read (a line torn by a kill mid-write,
+or anything else that is not such an entry: ``1e999``, deeply nested JSON) are skipped. Lines are
+ASCII (JSON escapes), so a file name that is not valid UTF-8 is kept exactly and found again.
+The journal must be a regular file (or not exist yet): a device or FIFO is refused.
 
 Torch-free: the standard library only.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +36,13 @@ _ENTRY_KEYS = ("path", "size", "mtime_ns", "settings", "status", "time")
 
 class JournalError(ValueError):
     """The journal cannot be read or written (names the file and the reason)."""
+
+
+def fingerprint(recording: Path) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of recording now; raises OSError if it cannot be
+    stat'ed. Take it before processing and pass it to `Journal.record`."""
+    st = os.stat(Path(recording).resolve())
+    return st.st_size, st.st_mtime_ns
 
 
 def settings_hash(settings: dict) -> str:
@@ -61,16 +73,15 @@ class Journal:
         folder = self.path.parent
         if not folder.is_dir():
             raise JournalError(f"cannot use journal {self.path}: folder {folder} does not exist")
-        if self.path.is_dir():
-            raise JournalError(f"cannot use journal {self.path}: it is a folder")
-        ends_with_newline = self._load()
+        self._check_kind()
+        # A torn line without its newline is ended before the next entry, so that starts a line.
+        self._torn = not self._load()
         try:
-            self._file = open(self.path, "a", encoding="utf-8", newline="")
+            # Unbuffered appends: a failed write (a full disk) leaves nothing in a buffer for a
+            # later write or the close to fail on again.
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         except OSError as error:
             raise JournalError(f"cannot write journal {self.path}: {error.strerror}") from error
-        if not ends_with_newline:
-            # A torn line without its newline: end it, so the next entry starts on a line of its own.
-            self._append("\n")
 
     def is_done(self, recording: Path) -> bool:
         """True when recording, as it is now on disk, was processed ("ok") with these settings."""
@@ -80,22 +91,24 @@ class Journal:
             return False
         return self._status.get(key) == "ok"
 
-    def record(self, recording: Path, status: str, **info) -> None:
+    def record(self, recording: Path, status: str, fingerprint: tuple[int, int] | None = None,
+               **info) -> None:
         """Appends the outcome of one recording ("ok" or "failed") and forces it to disk.
 
-        info: extra JSON-able fields kept on the line (events found, seconds taken, error, ...).
-        The recording's size and modification time are read now, so call this after its outputs
-        are written. A "failed" recording that no longer exists is recorded with size -1.
+        fingerprint: (size, mtime_ns) of the recording as it was processed (`fingerprint()` taken
+        before); None reads them now. info: extra JSON-able fields kept on the line (events found,
+        seconds taken, error, ...). A "failed" recording that no longer exists is recorded with
+        size -1.
         """
         if status not in STATUSES:
             raise ValueError(f"journal status must be one of {STATUSES}, got {status!r}")
         clashes = set(info) & {*_ENTRY_KEYS, "settings_hash"}
         if clashes:
             raise ValueError(f"journal info may not use the reserved keys {sorted(clashes)}")
-        if self._file.closed:
+        if self._fd is None:
             raise JournalError(f"journal {self.path} is closed")
         try:
-            key = self._key(recording)
+            key = self._key(recording, fingerprint)
         except OSError as error:
             if status == "ok":
                 raise JournalError(
@@ -120,8 +133,14 @@ class Journal:
         self._status[key] = status
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        """Closes the file. Never raises: every line was written and fsync'ed when recorded, so a
+        close that fails (a full disk) has nothing left to lose."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def __enter__(self) -> Journal:
         return self
@@ -131,11 +150,25 @@ class Journal:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _key(self, recording: Path) -> tuple[str, int, int, str]:
-        """(absolute path, size, mtime_ns, settings hash); raises OSError if it cannot be stat'ed."""
-        path = Path(recording).resolve()
-        stat = path.stat()
-        return (str(path), stat.st_size, stat.st_mtime_ns, self.settings_hash)
+    def _key(self, recording: Path, known: tuple[int, int] | None = None) -> tuple[str, int, int, str]:
+        """(absolute path, size, mtime_ns, settings hash); raises OSError if it cannot be stat'ed
+        (unless known gives size and mtime_ns)."""
+        size, mtime_ns = known if known is not None else fingerprint(recording)
+        return (str(Path(recording).resolve()), size, mtime_ns, self.settings_hash)
+
+    def _check_kind(self) -> None:
+        """A regular file or nothing: reading a FIFO would wait for ever, a device is not a log."""
+        try:
+            mode = os.stat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise JournalError(f"cannot use journal {self.path}: {error.strerror}") from error
+        if stat.S_ISDIR(mode):
+            raise JournalError(f"cannot use journal {self.path}: it is a folder")
+        if not stat.S_ISREG(mode):
+            raise JournalError(f"cannot use journal {self.path}: it is not a regular file "
+                               "(a device, FIFO or socket); name a file")
 
     def _load(self) -> bool:
         """Reads earlier entries. Returns whether the file is absent/empty or ends with a newline."""
@@ -157,19 +190,23 @@ class Journal:
                 key = (str(line["path"]), int(line["size"]), int(line["mtime_ns"]),
                        str(line["settings"]))
                 status = str(line["status"])
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
                 self.skipped_lines += 1
                 continue
             self._status[key] = status
         return data == b"" or data.endswith(b"\n")
 
     def _write_line(self, line: dict) -> None:
-        self._append(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+        # ASCII: a name that is not valid UTF-8 becomes "\udcff" escapes, read back as the same name.
+        self._append(json.dumps(line, ensure_ascii=True, default=str) + "\n")
 
     def _append(self, text: str) -> None:
+        data = (b"\n" if self._torn else b"") + text.encode("ascii")
         try:
-            self._file.write(text)
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            while data:
+                data = data[os.write(self._fd, data):]
+            os.fsync(self._fd)
         except OSError as error:
+            self._torn = True   # part of the line may be on disk: the next one starts a new line
             raise JournalError(f"cannot write journal {self.path}: {error.strerror}") from error
+        self._torn = False

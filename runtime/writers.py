@@ -1,8 +1,10 @@
 """Event files for `bmamba detect`: Raven selection table, CSV, JSON, Audacity labels.
 
-One file per recording, `<stem>.bmamba.<ext>`, written atomically (a temporary file in the same
-folder, flushed to disk, then renamed over the target), so a reader never sees half a file and a
-crash leaves either the old file or the new one. A recording with no events still gets a file
+One file per recording, `<stem>.bmamba.<ext>`, written atomically (a temporary file
+`.<name>.<12 hex>.tmp` in the same folder, flushed to disk, then renamed over the target), so a
+reader never sees half a file and a crash leaves either the old file or the new one (and at most a
+temporary file, which `remove_stale_temps` clears at the next start). Under an output folder the
+outputs mirror the recordings' folders, so two recordings never share an output. A recording with no events still gets a file
 (a header, an empty "events" list, or an empty label file), so "processed, nothing found" differs
 from "not processed".
 
@@ -32,6 +34,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable
@@ -66,12 +69,21 @@ class OutputError(ValueError):
     """An output file cannot be written (names the file and the reason)."""
 
 
-def output_path(recording: Path, out_dir: Path | None, fmt: str) -> Path:
-    """<out_dir, or the recording's folder>/<stem>.bmamba.<ext> for the format fmt."""
+def output_path(recording: Path, out_dir: Path | None, fmt: str, root: Path | None = None) -> Path:
+    """Where the events of recording go, for the format fmt: <stem>.bmamba.<ext>
+
+    - without out_dir: beside the recording;
+    - with out_dir: at the recording's place relative to root (the input folder it was found in),
+      under out_dir: root ``data``, recording ``data/siteA/x.wav`` -> ``out_dir/siteA/x.bmamba.<ext>``;
+      without root (a file named directly), ``out_dir/x.bmamba.<ext>``.
+    """
     _check_format(fmt)
     recording = Path(recording)
-    folder = recording.parent if out_dir is None else Path(out_dir)
-    return folder / f"{recording.stem}.bmamba.{EXTENSIONS[fmt]}"
+    name = f"{recording.stem}.bmamba.{EXTENSIONS[fmt]}"
+    if out_dir is None:
+        return recording.parent / name
+    relative = recording.relative_to(root) if root is not None else Path(recording.name)
+    return Path(out_dir) / relative.parent / name
 
 
 def write_events(
@@ -218,12 +230,54 @@ def atomic_write_text(path: Path, text: str) -> None:
     _sync_folder(path.parent)
 
 
+_TEMP = re.compile(r"^\.(?P<prefix>.+)\.[0-9a-f]{12}\.tmp$", re.DOTALL)
+_NAME_MAX = 255   # bytes in one file name on Linux, macOS and Windows file systems
+
+
+def _temp_prefix(path: Path) -> str:
+    """The part of path's name that its temporary files carry: the whole name, or, where
+    ".<name>.<12 hex>.tmp" would pass the file system's limit, the longest start of it that fits
+    (so a temporary name never makes a legal output name fail)."""
+    name = os.fsencode(path.name)
+    keep = _NAME_MAX - len(".") - len(".0123456789ab.tmp")
+    return os.fsdecode(name[:keep]) if len(name) > keep else path.name
+
+
 def _create_temp(path: Path):
-    """(temporary path, text file open for writing) beside path, never an existing file."""
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    """(temporary path, text file open for writing) beside path, never an existing file.
+
+    A file name that is not valid UTF-8 (it reaches Python as surrogate escapes) is written into
+    the text as backslash escapes (``\\udcff``), which JSON reads back as the same name."""
+    temp = path.with_name(f".{_temp_prefix(path)}.{uuid.uuid4().hex[:12]}.tmp")
     # os.open with 0o666 lets the umask decide the permissions, as for an ordinary file.
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    return temp, open(fd, "w", encoding="utf-8", newline="")
+    return temp, open(fd, "w", encoding="utf-8", errors="backslashreplace", newline="")
+
+
+def remove_stale_temps(outputs: Iterable[Path]) -> list[Path]:
+    """Removes the temporary files a killed run left for these outputs; returns what it removed.
+
+    Only names of the form ``.<output name>.<12 hex>.tmp`` beside one of the given outputs are
+    touched: nothing of anyone else's, nothing in other folders. Folders that cannot be listed, and
+    files that cannot be removed, are left as they are (writing there will say why)."""
+    wanted: dict[Path, set[str]] = {}
+    for output in outputs:
+        wanted.setdefault(Path(output).parent, set()).add(_temp_prefix(Path(output)))
+    removed = []
+    for folder, prefixes in wanted.items():
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            match = _TEMP.match(name)
+            if match and match["prefix"] in prefixes:
+                try:
+                    os.unlink(folder / name)
+                    removed.append(folder / name)
+                except OSError:
+                    pass
+    return removed
 
 
 def _finish(file, temp: Path, path: Path) -> None:

@@ -175,12 +175,14 @@ def test_missing_folder_or_folder_path_is_a_clear_error(tmp_path):
 def test_unwritable_journal_is_a_clear_error(tmp_path, monkeypatch):
     path = tmp_path / "journal.jsonl"
 
-    def open_read_only(file, mode="r", *args, **kwargs):
-        if "a" in mode or "w" in mode:
-            raise PermissionError(13, "Permission denied")
-        return open(file, mode, *args, **kwargs)
+    real_open = os.open
 
-    monkeypatch.setattr(journal_module, "open", open_read_only, raising=False)
+    def open_read_only(file, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(13, "Permission denied")
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(journal_module.os, "open", open_read_only)
     with pytest.raises(JournalError, match="journal.jsonl.*Permission denied"):
         Journal(path, SETTINGS)
 
