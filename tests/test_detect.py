@@ -82,7 +82,9 @@ def test_parity_against_pytorch(exported, real_data, tmp_path):
 
 
 def make_bad_files(folder: Path) -> dict[str, str]:
-    """Awkward recordings; value: 'ok' if it must be processed, else a word the error must contain."""
+    """Awkward recordings; value: 'ok' if it must be processed, 'warn:WORD' if it must be processed
+    with a warning containing WORD (the reader reads past what it can), else a word the error must
+    contain."""
     folder.mkdir()
     rng = np.random.default_rng(0)
     sf.write(folder / "zeros.wav", np.zeros(16000, np.float32), 16000)
@@ -98,8 +100,8 @@ def make_bad_files(folder: Path) -> dict[str, str]:
     sf.write(folder / "empty.wav", np.zeros(0, np.float32), 16000)
     (folder / "notes.txt").write_text("not audio; a folder scan skips it\n")
     (folder / "fake.wav").write_text("a text file with an audio name")
-    return {"zeros": "ok", "one_sample": "ok", "rate8k": "ok", "stereo96k": "ok", "nan": "NaN",
-            "truncated": "truncated", "empty": "empty", "fake": "not an audio file"}
+    return {"zeros": "ok", "one_sample": "ok", "rate8k": "ok", "stereo96k": "ok", "nan": "warn:NaN",
+            "truncated": "warn:short read", "empty": "empty", "fake": "not an audio file"}
 
 
 def test_bad_recordings_are_reported_and_the_run_goes_on(exported, tmp_path):
@@ -109,13 +111,17 @@ def test_bad_recordings_are_reported_and_the_run_goes_on(exported, tmp_path):
     assert code == 1, text
     r = read_json(report)
     failed = {Path(f["file"]).stem: f["reason"] for f in r["failures"]}
+    warned = {Path(w["file"]).stem: w["message"] for w in r["warnings"]}
     for stem, what in expect.items():
-        if what == "ok":
+        if what == "ok" or what.startswith("warn:"):
             assert (tmp_path / "out" / f"{stem}.bmamba.selection.table.txt").exists(), stem
+            if what.startswith("warn:"):
+                assert what[5:].lower() in warned[stem].lower(), (stem, warned.get(stem))
+                assert stem in text  # named on stderr
         else:
             assert what.lower() in failed[stem].lower(), (stem, failed.get(stem))
             assert stem in text  # named on stderr
-    assert r["processed"] == 4 and r["failed"] == 4 and "notes" not in failed
+    assert r["processed"] == 6 and r["failed"] == 2 and "notes" not in failed
     assert "Traceback" not in text
 
 
