@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from biomamba.data.layout import BACKGROUND_CLASS
+
 from .manifest import MANIFEST, ManifestError, read_manifest
 
 DEFAULT_MODEL = "default"
@@ -66,8 +68,11 @@ def model_line(name: str, folder: Path, task: str, classes, reported) -> str:
     builtin = builtin_models().get(name) == folder
     parts = [f"model {name} ({'built-in' if builtin else folder}): {task}, {len(classes)} classes"]
     hidden = [c for c in classes if c not in reported]
-    if len(reported) < len(classes):
-        parts.append(f"reporting {len(reported)}" + (f" (not {', '.join(hidden)})" if len(hidden) <= 3 else ""))
+    if hidden:
+        parts.append(f"reporting {len(reported)} of {len(classes)} classes"
+                     + (f" (not {', '.join(hidden)})" if len(hidden) <= 3 else ""))
+    if BACKGROUND_CLASS in hidden:
+        parts.append(f"the {BACKGROUND_CLASS!r} class is never reported unless --classes names it")
     note = demonstration_note(folder)
     if note:
         parts.append(f"DEMONSTRATION MODEL, its detections are not field-grade: {note}")
