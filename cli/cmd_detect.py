@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         (or the model cannot be used), 2 bad usage, 130/143 stopped by SIGINT/SIGTERM.
         """
         from biomamba.audio import find_audio_with_roots
-        from biomamba.runtime.backends import BackendError, open_backend
+        from biomamba.runtime.backends import BACKENDS, BackendError, open_backend
         from biomamba.runtime.detect import (
             JOURNAL_NAME,
             DetectConfig,
@@ -83,6 +83,8 @@ def register(app: typer.Typer) -> None:
             window_s = parse_duration(window, name="--window")
         except DurationError as e:
             fail(str(e), usage=True)
+        if backend not in BACKENDS:   # a bad choice is bad usage; a backend that cannot start, a failed run
+            fail(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}", usage=True)
         try:
             fmts = parse_formats(fmt)
         except ValueError as e:
