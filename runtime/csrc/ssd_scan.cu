@@ -283,6 +283,19 @@ int validate(const Call& c) {
     return BMAMBA_SSD_OK;
 }
 
+// Launches a kernel and returns the launch's own status. (cudaGetLastError() after a <<<...>>>
+// launch would also report, and clear, an error left on this thread by unrelated earlier work.)
+template <typename... Params>
+cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                          cudaStream_t stream, const Args& a) {
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared_bytes;
+    config.stream = stream;
+    return cudaLaunchKernelEx(&config, kernel, a);
+}
+
 template <typename IO>
 int launch(const Call& c, const Plan& plan, float* workspace, cudaStream_t stream) {
     const Dims& d = c.d;
@@ -301,18 +314,16 @@ int launch(const Call& c, const Plan& plan, float* workspace, cudaStream_t strea
            d, plan.lanes, plan.state_pad, plan.rows, plan.chunk, plan.segments, plan.segment_steps};
     const dim3 block(plan.threads);
     const dim3 grid(plan.p_tiles, (unsigned)d.H, (unsigned)(d.batch * plan.segments));
+    cudaError_t err = cudaSuccess;
     if (plan.segments > 1) {
-        scan_kernel<IO, Pass::kLocal><<<grid, block, plan.shared_bytes, stream>>>(a);
-        cudaError_t err = cudaGetLastError();
+        err = launch_kernel(scan_kernel<IO, Pass::kLocal>, grid, block, plan.shared_bytes, stream, a);
         if (err != cudaSuccess) return cuda_fail(err, "launching the segment pass");
         const int64_t PN = d.P * d.N;
         const dim3 combine_grid((unsigned)(d.batch * d.H), (unsigned)((PN + 255) / 256));
-        combine_kernel<<<combine_grid, 256, 0, stream>>>(a);
-        err = cudaGetLastError();
+        err = launch_kernel(combine_kernel, combine_grid, dim3(256), 0, stream, a);
         if (err != cudaSuccess) return cuda_fail(err, "launching the segment combine");
     }
-    scan_kernel<IO, Pass::kOutput><<<grid, block, plan.shared_bytes, stream>>>(a);
-    cudaError_t err = cudaGetLastError();
+    err = launch_kernel(scan_kernel<IO, Pass::kOutput>, grid, block, plan.shared_bytes, stream, a);
     if (err != cudaSuccess) return cuda_fail(err, "launching the scan");
     return BMAMBA_SSD_OK;
 }
@@ -337,8 +348,11 @@ int run_owning_workspace(const Call& c, cudaStream_t stream) {
         int device = 0, pools = 0;
         cudaGetDevice(&device);
         cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device);
-        if (!pools || cudaMallocAsync(&workspace, workspace_bytes_for(c.d, segments), stream) != cudaSuccess) {
-            (void)cudaGetLastError();  // not sticky: fall back to one segment
+        cudaError_t err = cudaErrorNotSupported;
+        if (pools) err = cudaMallocAsync(&workspace, workspace_bytes_for(c.d, segments), stream);
+        if (err != cudaSuccess) {  // not sticky: fall back to one segment
+            // Only our own failed allocation is cleared from the thread's last-error state.
+            if (pools) (void)cudaGetLastError();
             workspace = nullptr;
             segments = 1;
         }
