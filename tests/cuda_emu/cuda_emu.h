@@ -40,6 +40,8 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #if defined(EMU_TSAN)
@@ -478,7 +480,9 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, int 
 
 template <typename... Params, typename... Args>
 cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(Params...), Args&&... args) {
-    return emu::launch(*config, [=]() { kernel(args...); });
+    // Arguments are converted to the kernel's parameter types and copied at launch, as CUDA does.
+    std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+    return emu::launch(*config, [kernel, params]() { std::apply(kernel, params); });
 }
 
 inline cudaError_t cudaGetLastError() {
