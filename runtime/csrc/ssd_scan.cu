@@ -18,7 +18,7 @@
 //   rows], and computes dt = softplus(dt_raw + dt_bias) and exp(dt * A) once per step, with
 //   coalesced global loads (N, resp. the P-tile, contiguous); then every thread runs the chunk's
 //   steps from shared memory with no barrier; then y [chunk, rows] (+ D x) is written back
-//   coalesced. Three barriers per chunk, none per step. float16 I/O converts on the way in and
+//   coalesced. Two barriers per chunk (after staging, after the steps), none per step. float16 I/O converts on the way in and
 //   out; the state and the arithmetic are float32.
 // * Cost: per step each thread does 8 state updates and 8 output FMAs; the sequential chain is
 //   one FMA per step per element, so a single (batch, head) costs about T * (chunk staging +
@@ -204,6 +204,8 @@ __global__ void __launch_bounds__(kMaxThreads) scan_kernel(const Args a) {
             for (int k = 0; k < steps; ++k) decay_total *= sDecay[k];
         __syncthreads();
 
+        // No barrier after the write-back: the next chunk's staging writes sX[i] from the same
+        // thread that read it here (same i loop), and sY only after its first barrier.
         if (kWritesY) {
             for (int i = tid; i < steps * R; i += n_threads) {
                 const int k = i / R, r = i - k * R;
@@ -211,7 +213,6 @@ __global__ void __launch_bounds__(kMaxThreads) scan_kernel(const Args a) {
                 if (pp < d.P)
                     y[x_index(d, b, tc + k, h, pp)] = Io<IO>::store(output_value(sY[i], D_h, sX[i]));
             }
-            __syncthreads();  // before the next chunk overwrites sX and sY
         }
     }
 

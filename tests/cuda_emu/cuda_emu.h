@@ -46,6 +46,8 @@
 
 #if defined(EMU_TSAN)
 #include <sanitizer/tsan_interface.h>
+extern "C" void __tsan_ignore_thread_begin(void);  // in libtsan, not in its header
+extern "C" void __tsan_ignore_thread_end(void);
 #endif
 
 // ---- CUDA language surface ------------------------------------------------------------------------
@@ -135,6 +137,7 @@ struct Fiber {
     int site = 0;           // line of the __syncthreads / shuffle it waits at
     unsigned mask = 0;      // shuffle mask
     int lane_mask = 0;      // xor operand
+    uint64_t shuffles = 0;  // shuffles done (TSan: which of two sync objects)
     uint64_t value = 0;     // shuffle operand bits in, result bits out
     void* tsan = nullptr;
 };
@@ -155,7 +158,10 @@ inline char* g_shared = nullptr;
 inline size_t g_shared_bytes = 0;
 inline uint64_t g_barrier_gen = 0;
 inline std::function<void()> g_body;
-inline char g_tsan_sync[4][8];  // barrier generations (mod 2), launch boundary
+// TSan sync objects: of the launch's end, and per block (fresh memory, so that nothing carries
+// over from the previous block): two barrier generations, then two per warp for shuffles.
+inline char g_launch_sync[8];
+inline char* g_block_sync = nullptr;
 
 inline void tsan_release(void* p) {
 #if defined(EMU_TSAN)
@@ -172,6 +178,26 @@ inline void tsan_acquire(void* p) {
 #endif
 }
 
+// Emulator bookkeeping that TSan must not see as the CUDA threads' accesses (the scheduler's, and
+// the fibers' inside a rendezvous). Only the kernels' own accesses are checked.
+inline void tsan_ignore(bool on) {
+#if defined(EMU_TSAN)
+    if (on)
+        __tsan_ignore_thread_begin();
+    else
+        __tsan_ignore_thread_end();
+#else
+    (void)on;
+#endif
+}
+struct Untracked {
+    Untracked() { tsan_ignore(true); }
+    ~Untracked() { tsan_ignore(false); }
+};
+
+inline void* barrier_sync(uint64_t gen) { return g_block_sync + 8 * (gen & 1); }
+inline void* warp_sync(unsigned warp, uint64_t shuffles) { return g_block_sync + 16 + 16 * warp + 8 * (shuffles & 1); }
+
 // Back to the scheduler from the current fiber (no happens-before: only rendezvous synchronize).
 inline void yield_to_scheduler() {
     Fiber* f = g_current;
@@ -183,6 +209,11 @@ inline void yield_to_scheduler() {
 
 // A fault ends the launch: the fiber never resumes.
 [[noreturn]] inline void fault(const std::string& what) {
+#if defined(EMU_TSAN)
+    std::fprintf(stderr, "emulator fault: %s\n", what.c_str());  // a TSan run stops here
+    std::fflush(stderr);
+    _exit(3);
+#endif
     if (g_fault.empty()) g_fault = what;
     yield_to_scheduler();
     std::abort();  // unreachable: a faulted launch is abandoned
@@ -207,19 +238,33 @@ struct ActiveFibers {
 
 inline void syncthreads(int site) {
     Fiber* f = g_current;
-    ++g_stats.barriers;
-    tsan_release(g_tsan_sync[g_barrier_gen & 1]);
-    uint64_t const gen = g_barrier_gen;
-    f->state = State::kBarrier;
-    f->site = site;
-    yield_to_scheduler();  // the scheduler releases the barrier (or faults)
-    tsan_acquire(g_tsan_sync[gen & 1]);
+    uint64_t gen;
+    {
+        Untracked untracked;
+        gen = g_barrier_gen;
+    }
+    tsan_release(barrier_sync(gen));
+    {
+        Untracked untracked;
+        ++g_stats.barriers;
+        f->state = State::kBarrier;
+        f->site = site;
+        yield_to_scheduler();  // the scheduler releases the barrier (or faults)
+    }
+    tsan_acquire(barrier_sync(gen));
 }
 
 template <typename T>
 T shfl_xor(unsigned mask, T v, int lane_mask, int width, int site) {
     static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
     Fiber* f = g_current;
+    uint64_t warp_shuffles;
+    {
+        Untracked untracked;
+        warp_shuffles = f->shuffles++;
+    }
+    tsan_release(warp_sync(f->linear / 32, warp_shuffles));
+    Untracked untracked;
     ++g_stats.shuffles;
     unsigned const lane = f->linear % 32, warp0 = f->linear - lane;
     if (width != 32) fault(where(*f) + ": __shfl_xor_sync with width != 32 is not emulated");
@@ -239,7 +284,6 @@ T shfl_xor(unsigned mask, T v, int lane_mask, int width, int site) {
     f->lane_mask = lane_mask;
     f->value = 0;
     memcpy(&f->value, &v, sizeof(T));
-    tsan_release(&g_fibers[warp0]);
     // Complete the rendezvous when every named lane is here; check they agree.
     bool all = true;
     for (unsigned l = 0; l < 32 && all; ++l) {
@@ -262,9 +306,9 @@ T shfl_xor(unsigned mask, T v, int lane_mask, int width, int site) {
     } else {
         yield_to_scheduler();
     }
-    tsan_acquire(&g_fibers[warp0]);
     T out;
     memcpy(&out, &f->value, sizeof(T));
+    tsan_acquire(warp_sync(f->linear / 32, warp_shuffles));
     return out;
 }
 
@@ -272,9 +316,11 @@ T shfl_xor(unsigned mask, T v, int lane_mask, int width, int site) {
 
 inline void fiber_entry() {
     g_body();
-    Fiber* f = g_current;
-    f->state = State::kDone;
-    tsan_release(g_tsan_sync[2]);
+    tsan_release(g_launch_sync);
+    {
+        Untracked untracked;
+        g_current->state = State::kDone;
+    }
     yield_to_scheduler();
     std::abort();  // unreachable
 }
@@ -340,6 +386,7 @@ inline bool run_block(size_t stack_bytes) {
     // Fresh NaN-filled shared memory per block (malloc: TSan forgets the previous block's accesses).
     g_shared = static_cast<char*>(aligned_alloc(16, (g_shared_bytes + 15) / 16 * 16 + 16));
     memset(g_shared, 0xff, g_shared_bytes);
+    g_block_sync = static_cast<char*>(calloc(2 + 2 * ((n + 31) / 32), 8));
     for (unsigned i = 0; i < n; ++i) {
         Fiber& f = g_fibers[i];
         ensure_stack(f, stack_bytes);
@@ -352,11 +399,11 @@ inline bool run_block(size_t stack_bytes) {
         f.linear = i;
         f.idx = uint3{i % ::blockDim.x, (i / ::blockDim.x) % ::blockDim.y, i / (::blockDim.x * ::blockDim.y)};
         f.state = State::kReady;
+        f.shuffles = 0;
 #if defined(EMU_TSAN)
         f.tsan = __tsan_create_fiber(0);
 #endif
     }
-    std::vector<bool> started(n, false);
     bool ok = true;
     for (;;) {
         bool ran = false;
@@ -366,11 +413,11 @@ inline bool run_block(size_t stack_bytes) {
             g_current = &f;
             ::threadIdx = f.idx;
 #if defined(EMU_TSAN)
-            // The first switch into a thread synchronizes (the launch happens before it); the
-            // others do not.
-            __tsan_switch_to_fiber(f.tsan, started[i] ? __tsan_switch_to_fiber_no_sync : 0);
+            // Into a thread: what the host did before the launch happens before it (the
+            // scheduler itself is untracked and acquires nothing from the threads while the
+            // launch runs); back to the scheduler: no synchronization.
+            __tsan_switch_to_fiber(f.tsan, 0);
 #endif
-            started[i] = true;
             swapcontext(&g_scheduler, &f.ctx);
             g_current = nullptr;
             ran = true;
@@ -397,7 +444,9 @@ inline bool run_block(size_t stack_bytes) {
     for (unsigned i = 0; i < n; ++i) __tsan_destroy_fiber(g_fibers[i].tsan);
 #endif
     free(g_shared);
+    free(g_block_sync);
     g_shared = nullptr;
+    g_block_sync = nullptr;
     return ok;
 }
 
@@ -408,6 +457,7 @@ inline cudaError_t fail_launch(cudaError_t err, const std::string& why) {
 }
 
 inline cudaError_t launch(const cudaLaunchConfig_t& c, std::function<void()> body) {
+    Untracked untracked;
     g_fault.clear();
     dim3 const gr = c.gridDim, bl = c.blockDim;
     unsigned const gdims[3] = {gr.x, gr.y, gr.z}, bdims[3] = {bl.x, bl.y, bl.z};
@@ -449,7 +499,7 @@ inline cudaError_t launch(const cudaLaunchConfig_t& c, std::function<void()> bod
             return g_last_error;
         }
     }
-    tsan_acquire(g_tsan_sync[2]);  // the launch's work happens before what the stream does next
+    tsan_acquire(g_launch_sync);  // the launch's work happens before what the host does next
     return cudaSuccess;
 }
 
