@@ -18,8 +18,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
-from biomamba.presets import PRESETS
 from cuda_emu.build import HERE, SOURCE, build
 from cuda_emu.harness import (
     ERR_CUDA,
@@ -35,6 +33,8 @@ from cuda_emu.harness import (
     rel_err,
     scan_twin,
 )
+
+from biomamba.presets import PRESETS
 
 full = pytest.mark.emu_full
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from biomamba import BioMamba
-from biomamba.export.onnx_export import export_model
 from biomamba.export import trt_build
+from biomamba.export.onnx_export import export_model
 from biomamba.export.trt_build import EngineBuildError, _profile_shapes, build_engine
 from biomamba.runtime.backend_trt import (
     PLUGIN_LIBRARY,
