@@ -191,7 +191,7 @@ def test_thread_and_block_orders_give_identical_bits(emu, case):
 
 
 def test_an_unrelated_earlier_error_neither_fails_nor_is_cleared(emu):
-    """The launches check their own status (cudaLaunchKernelEx), not cudaGetLastError(), which
+    """The launches check their own status (cudaLaunchKernel's), not cudaGetLastError(), which
     would report an error left by unrelated earlier work and clear it for its owner."""
     inputs = random_inputs(np.random.default_rng(9), 1, 20, 2, 8, 1, 8)
     emu.lib.emu_set_last_error(1)  # cudaErrorInvalidValue, left by someone else

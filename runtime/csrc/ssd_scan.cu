@@ -286,15 +286,12 @@ int validate(const Call& c) {
 
 // Launches a kernel and returns the launch's own status. (cudaGetLastError() after a <<<...>>>
 // launch would also report, and clear, an error left on this thread by unrelated earlier work.)
-template <typename... Params>
-cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
-                          cudaStream_t stream, const Args& a) {
-    cudaLaunchConfig_t config{};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = shared_bytes;
-    config.stream = stream;
-    return cudaLaunchKernelEx(&config, kernel, a);
+// cudaLaunchKernel, not cudaLaunchKernelEx: the latter needs CUDA 11.8, JetPack 5 has 11.4.
+template <typename Kernel>
+cudaError_t launch_kernel(Kernel* kernel, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+                          const Args& a) {
+    void* args[] = {const_cast<Args*>(&a)};
+    return cudaLaunchKernel(kernel, grid, block, args, shared_bytes, stream);
 }
 
 template <typename IO>

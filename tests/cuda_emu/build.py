@@ -10,8 +10,9 @@ into a shared library with the C interface of ssd_scan.h plus the harness's emu_
 
 Each rewrite must match exactly as often as expected: a source that changes shape fails the
 build with a message rather than being emulated wrongly. Line numbers are kept (``#line``), so
-the harness's faults name lines of ssd_scan.cu. Kernel launches must use cudaLaunchKernelEx
-(which the harness implements); a ``<<<...>>>`` launch is refused.
+the harness's faults name lines of ssd_scan.cu. Kernel launches must use cudaLaunchKernel (which
+returns the launch's own status, and which the harness implements); a ``<<<...>>>`` launch is
+refused.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _sub(pattern: re.Pattern, repl, text: str, expected: int, what: str) -> str:
 def rewrite(cuda_source: str) -> str:
     """The C++ translation unit for the harness, from the text of ssd_scan.cu."""
     if _CHEVRON_LAUNCH.search(cuda_source):
-        raise RewriteError(f"{SOURCE.name}: launch kernels with cudaLaunchKernelEx (it returns the "
+        raise RewriteError(f"{SOURCE.name}: launch kernels with cudaLaunchKernel (it returns the "
                            "launch's own status); the harness does not rewrite <<<...>>>")
     text = _sub(_INCLUDE, '#include "cuda_emu.h"', cuda_source, 2, "CUDA includes")
     text = _sub(_SHARED, r"\1* \2 = ::emu::dynamic_shared<\1>();", text, 1, "extern __shared__ arrays")

@@ -94,18 +94,15 @@ enum cudaDeviceAttr {
 enum cudaMemcpyKind { cudaMemcpyDeviceToDevice = 3 };
 typedef struct CUstream_st* cudaStream_t;
 
-struct cudaLaunchConfig_t {
-    dim3 gridDim;
-    dim3 blockDim;
-    size_t dynamicSmemBytes;
-    cudaStream_t stream;
-    void* attrs;
-    unsigned int numAttrs;
-};
-
 // CUDA's built-in variables: the scheduler sets threadIdx before it switches to a thread.
 inline uint3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
+
+// A launch's geometry (the emulator's own type).
+struct cudaLaunchConfig {
+    dim3 grid, block;
+    size_t shared_bytes;
+};
 
 namespace emu {
 
@@ -456,10 +453,10 @@ inline cudaError_t fail_launch(cudaError_t err, const std::string& why) {
     return err;
 }
 
-inline cudaError_t launch(const cudaLaunchConfig_t& c, std::function<void()> body) {
+inline cudaError_t launch(const cudaLaunchConfig& c, std::function<void()> body) {
     Untracked untracked;
     g_fault.clear();
-    dim3 const gr = c.gridDim, bl = c.blockDim;
+    dim3 const gr = c.grid, bl = c.block;
     unsigned const gdims[3] = {gr.x, gr.y, gr.z}, bdims[3] = {bl.x, bl.y, bl.z};
     for (int k = 0; k < 3; ++k) {
         if (gdims[k] == 0 || gdims[k] > g_limits.max_grid[k])
@@ -471,14 +468,14 @@ inline cudaError_t launch(const cudaLaunchConfig_t& c, std::function<void()> bod
     }
     if ((uint64_t)bl.x * bl.y * bl.z > g_limits.max_threads_per_block)
         return fail_launch(cudaErrorInvalidConfiguration, "more than max_threads_per_block threads");
-    if (c.dynamicSmemBytes > g_limits.max_shared_bytes)
-        return fail_launch(cudaErrorInvalidValue, std::to_string(c.dynamicSmemBytes) +
+    if (c.shared_bytes > g_limits.max_shared_bytes)
+        return fail_launch(cudaErrorInvalidValue, std::to_string(c.shared_bytes) +
                                                       " bytes of dynamic shared memory exceed the device limit " +
                                                       std::to_string(g_limits.max_shared_bytes));
     ++g_stats.launches;
     ::gridDim = gr;
     ::blockDim = bl;
-    g_shared_bytes = c.dynamicSmemBytes;
+    g_shared_bytes = c.shared_bytes;
     g_body = std::move(body);
     unsigned const n = block_threads();
     if (g_fibers.size() < n) g_fibers.resize(n);
@@ -528,11 +525,21 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, int 
     return emu::shfl_xor(mask, v, lane_mask, width, site);
 }
 
-template <typename... Params, typename... Args>
-cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(Params...), Args&&... args) {
-    // Arguments are converted to the kernel's parameter types and copied at launch, as CUDA does.
-    std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
-    return emu::launch(*config, [kernel, params]() { std::apply(kernel, params); });
+namespace emu {
+template <typename... Params, size_t... I>
+std::tuple<std::decay_t<Params>...> unpack(void** args, std::index_sequence<I...>) {
+    return std::tuple<std::decay_t<Params>...>(*static_cast<std::decay_t<Params>*>(args[I])...);
+}
+}  // namespace emu
+
+// CUDA's typed cudaLaunchKernel: the arguments are copied at launch, as CUDA does.
+template <typename... Params>
+cudaError_t cudaLaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, void** args, size_t shared_bytes = 0,
+                             cudaStream_t stream = nullptr) {
+    (void)stream;  // one stream: launches run in order, each to completion
+    auto params = emu::unpack<Params...>(args, std::index_sequence_for<Params...>{});
+    cudaLaunchConfig config{grid, block, shared_bytes};
+    return emu::launch(config, [kernel, params]() { std::apply(kernel, params); });
 }
 
 inline cudaError_t cudaGetLastError() {

@@ -48,10 +48,9 @@ __global__ void bounded_to_64_threads(float* out) {
 }
 
 cudaError_t launch(void (*kernel)(float*), dim3 grid, dim3 block) {
-    cudaLaunchConfig_t config{};
-    config.gridDim = grid;
-    config.blockDim = block;
-    return cudaLaunchKernelEx(&config, kernel, g_out);
+    float* out = g_out;
+    void* args[] = {&out};
+    return cudaLaunchKernel(kernel, grid, block, args);
 }
 
 }  // namespace
