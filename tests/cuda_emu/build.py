@@ -6,13 +6,15 @@ into a shared library with the C interface of ssd_scan.h plus the harness's emu_
 - ``#include <cuda_fp16.h>`` and ``#include <cuda_runtime.h>`` become ``#include "cuda_emu.h"``;
 - the one ``extern __shared__ T name[];`` becomes ``T* name = ::emu::dynamic_shared<T>();``;
 - each ``__launch_bounds__(E)`` moves into the kernel body as ``::emu::launch_bounds(E);``, so an
-  oversized block fails its launch like on a GPU.
+  oversized block fails its launch like on a GPU;
+- each ``kernel<<<grid, block[, shared[, stream]]>>>(args);`` becomes
+  ``::emu::chevron_launch(kernel, grid, block, shared, stream, args);`` (a failed launch then
+  shows only through cudaGetLastError(), as on a GPU). ssd_scan.cu itself launches with
+  cudaLaunchKernel, which the harness implements directly.
 
 Each rewrite must match exactly as often as expected: a source that changes shape fails the
 build with a message rather than being emulated wrongly. Line numbers are kept (``#line``), so
-the harness's faults name lines of ssd_scan.cu. Kernel launches must use cudaLaunchKernel (which
-returns the launch's own status, and which the harness implements); a ``<<<...>>>`` launch is
-refused.
+the harness's faults name lines of ssd_scan.cu.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ SOURCE = CSRC / "ssd_scan.cu"
 
 _INCLUDE = re.compile(r"^#include <(cuda_fp16|cuda_runtime)\.h>$", re.M)
 _SHARED = re.compile(r"extern __shared__ (\w+) (\w+)\[\];")
-_CHEVRON_LAUNCH = re.compile(r"<<<[^;]*>>>\s*\(")
+_CHEVRON_LAUNCH = re.compile(r"(?P<kernel>[\w:]+(?:<[^<>;]*>)?)<<<(?P<config>[^;]*?)>>>\((?P<args>[^;]*)\);")
 _BOUNDS = re.compile(r"__launch_bounds__\((\w+)\) (\w+)\(([^)]*)\) \{")
 
 
@@ -44,14 +46,21 @@ def _sub(pattern: re.Pattern, repl, text: str, expected: int, what: str) -> str:
     return out
 
 
+def _chevron_call(m: re.Match) -> str:
+    config = [part.strip() for part in m["config"].split(",")]
+    if not 2 <= len(config) <= 4 or any("(" in part for part in config):
+        raise RewriteError(f"{SOURCE.name}: cannot rewrite the launch configuration <<<{m['config']}>>>")
+    config += ["0", "nullptr"][len(config) - 2:]
+    args = f", {m['args']}" if m["args"].strip() else ""
+    return f"::emu::chevron_launch({m['kernel']}, {', '.join(config)}{args});"
+
+
 def rewrite(cuda_source: str) -> str:
     """The C++ translation unit for the harness, from the text of ssd_scan.cu."""
-    if _CHEVRON_LAUNCH.search(cuda_source):
-        raise RewriteError(f"{SOURCE.name}: launch kernels with cudaLaunchKernel (it returns the "
-                           "launch's own status); the harness does not rewrite <<<...>>>")
     text = _sub(_INCLUDE, '#include "cuda_emu.h"', cuda_source, 2, "CUDA includes")
     text = _sub(_SHARED, r"\1* \2 = ::emu::dynamic_shared<\1>();", text, 1, "extern __shared__ arrays")
     text = _sub(_BOUNDS, r"\2(\3) { ::emu::launch_bounds(\1);", text, 1, "__launch_bounds__ kernels")
+    text = _CHEVRON_LAUNCH.sub(_chevron_call, text)
     return f'#line 1 "{SOURCE}"\n{text}'
 
 

@@ -2,7 +2,7 @@
 //
 // build.py rewrites ssd_scan.cu mechanically (its CUDA includes become this header, its one
 // `extern __shared__` array becomes emu::dynamic_shared(), each __launch_bounds__ becomes a check
-// at kernel entry) and compiles it with g++ together with this header into a shared library that
+// at kernel entry, a `<<<...>>>` launch becomes emu::chevron_launch) and compiles it with g++ together with this header into a shared library that
 // exports the same C interface (ssd_scan.h) plus the emu_* controls at the end of this file.
 //
 // Execution model:
@@ -541,6 +541,17 @@ cudaError_t cudaLaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, v
     cudaLaunchConfig config{grid, block, shared_bytes};
     return emu::launch(config, [kernel, params]() { std::apply(kernel, params); });
 }
+
+namespace emu {
+// What build.py makes of `kernel<<<grid, block, shared, stream>>>(args...)`. The statement has
+// no value: a failed launch is seen only through cudaGetLastError(), as on a GPU.
+template <typename... Params, typename... Args>
+void chevron_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t,
+                    Args&&... args) {
+    std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+    launch(cudaLaunchConfig{grid, block, shared_bytes}, [kernel, params]() { std::apply(kernel, params); });
+}
+}  // namespace emu
 
 inline cudaError_t cudaGetLastError() {
     cudaError_t const e = emu::g_last_error;
