@@ -2,8 +2,9 @@
 //
 // build.py rewrites ssd_scan.cu mechanically (its CUDA includes become this header, its one
 // `extern __shared__` array becomes emu::dynamic_shared(), each __launch_bounds__ becomes a check
-// at kernel entry, a `<<<...>>>` launch becomes emu::chevron_launch) and compiles it with g++ together with this header into a shared library that
-// exports the same C interface (ssd_scan.h) plus the emu_* controls at the end of this file.
+// at kernel entry, a `<<<...>>>` launch becomes emu::chevron_launch) and compiles it with g++
+// into a shared library that exports the same C interface (ssd_scan.h) plus the emu_* controls
+// at the end of this file.
 //
 // Execution model:
 // - Every CUDA thread is a ucontext fiber with its own guarded stack; one block runs at a time,
@@ -15,8 +16,9 @@
 //   site with the same mask, and its xor partner must be named too. No runnable thread while some
 //   wait is a deadlock (a fault).
 // - Launch configurations are validated against device limits (grid, block, dynamic shared
-//   memory, __launch_bounds__) and fail with the CUDA error a GPU returns; the launch returns its
-//   own status, and cudaGetLastError() keeps the per-thread "last error" semantics.
+//   memory, __launch_bounds__) and fail with the CUDA error a GPU returns: cudaLaunchKernel
+//   returns it, and cudaGetLastError() keeps CUDA's per-thread "last error" semantics (a failed
+//   launch sets it, a successful one leaves it alone, reading it clears it).
 // - Dynamic shared memory is NaN-filled for every block, so is memory from cudaMallocAsync: a
 //   read of anything not written first shows up as NaN in the results.
 // - Threads (within each scheduling round) and blocks run in forward, reverse or random order
