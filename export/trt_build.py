@@ -6,9 +6,11 @@ The networks are strongly typed (TensorRT >= 10.0): every tensor keeps the type 
 gives it, so the engine's precision is the export's (``model.json`` "precision"; ``bmamba export
 --fp16`` writes float16 graphs). TensorRT picks no precision of its own: it cannot run the scan
 plugin in half precision for a float32 export (rounding dt before the softplus), and no
-BuilderFlag.FP16 is needed (TensorRT 11 removed it). The mamba graph's scan nodes (``bmamba::SSDChunkScan``) are handed by TensorRT's ONNX parser to the
-plugin registered by the library of runtime/csrc (``libbmamba_trt_plugin.so``, loaded first). Both
-engines get one optimization profile: batch 1..max_batch and frames 1..max_frames, tuned for
+BuilderFlag.FP16 is needed (TensorRT 11 removed it).
+
+The mamba graph's scan nodes (``bmamba::SSDChunkScan``) are handed by TensorRT's ONNX parser to
+the plugin registered by the library of runtime/csrc (``libbmamba_trt_plugin.so``, loaded
+first). Both engines get one optimization profile: batch 1..max_batch and frames 1..max_frames, tuned for
 (1, opt_frames). A timing cache file makes rebuilds fast. Engines are specific to the GPU and the
 TensorRT version that built them, so build them on the device that will run them (e.g. the Jetson).
 """
