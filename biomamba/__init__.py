@@ -1,7 +1,8 @@
 """bmamba: BioMamba, a Mamba2 audio model for bioacoustics, from training to field deployment.
 
 Importing this package is cheap (no torch): the model classes load torch on first use, so that
-``import biomamba.runtime`` on a field device costs numpy + onnxruntime only.
+``import biomamba.runtime`` on a field device costs numpy + onnxruntime only. Without torch
+(the field install), using a model class raises ImportError saying to install the `train` extra.
 
     import biomamba
     m = biomamba.BioMamba.from_preset("edge", task="detect", classes=["call"])
@@ -13,7 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "BioMamba": ("biomamba.model", "BioMamba"),
     "AudioModel": ("biomamba.model", "AudioModel"),
-    "load_model": ("biomamba.model", "load_model"),
+    "load_model": ("biomamba.loading", "load_model"),
     "TransformerBaseline": ("biomamba.transformer", "TransformerBaseline"),
     "Mamba2": ("biomamba.mamba2", "Mamba2"),
     "ModelConfig": ("biomamba.presets", "ModelConfig"),
@@ -28,5 +29,13 @@ def __getattr__(name):
         import importlib
 
         module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as e:
+            if e.name != "torch" and not (e.name or "").startswith("torch."):
+                raise
+            # The field install (`pip install .`) has no torch: say what to install, not a traceback.
+            raise ImportError(f"biomamba.{name} needs PyTorch, which this install does not have (the field "
+                              "install runs `bmamba detect` without it): pip install torch, then "
+                              "pip install 'bmamba[train]'", name="torch") from None
     raise AttributeError(f"module 'biomamba' has no attribute {name!r}")

@@ -10,6 +10,28 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+# Bounds on every size (inclusive), checked before anything is built: a config.json is data from
+# a file, and `n_layers: 1000000000` must be a clear error, not hours of allocation. Each bound is
+# far above any preset (``base`` is the largest) and below what one machine could hold.
+LIMITS: dict[str, tuple[int, int]] = {
+    "frontend_channels": (1, 4096),
+    "d_model": (1, 8192),
+    "n_layers": (1, 256),
+    "d_state": (1, 1024),
+    "headdim": (1, 1024),
+    "expand": (1, 16),
+    "ngroups": (1, 1024),
+    "d_conv": (1, 64),
+    "chunk_size": (1, 4096),
+    "tf_layers": (0, 256),
+    "tf_heads": (1, 1024),
+    "tf_ffn": (1, 65536),
+    "tf_pos_conv_kernel": (1, 4096),
+    "tf_pos_conv_groups": (1, 4096),
+}
+MAX_PARAMETERS = 1_000_000_000
+"""The most parameters a config may describe (4 GB of float32; ``base`` has about 90 million)."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -32,6 +54,20 @@ class ModelConfig:
     tf_pos_conv_kernel: int = 128
     tf_pos_conv_groups: int = 16
 
+    def __post_init__(self):
+        problems = config_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def approx_parameters(self) -> int:
+        """The weight count of the larger of the two encoders, to within a few percent (the
+        projections of every layer; the front end and norms are small beside them)."""
+        d_inner = self.expand * self.d_model
+        heads = d_inner // self.headdim
+        mamba = self.n_layers * self.d_model * (3 * d_inner + 2 * self.ngroups * self.d_state + heads)
+        transformer = self.tf_layers * self.d_model * (4 * self.d_model + 2 * self.tf_ffn)
+        return max(mamba, transformer)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -45,6 +81,24 @@ class ModelConfig:
 
     def with_overrides(self, **overrides) -> ModelConfig:
         return replace(self, **overrides)
+
+
+def config_problems(config: ModelConfig) -> list[str]:
+    """What is wrong with a config's numbers ("n_layers = 1000000000 is outside 1..256"), or []."""
+    out = []
+    for key, (low, high) in LIMITS.items():
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            out.append(f"{key} = {value!r} is not a whole number")
+        elif not low <= value <= high:
+            out.append(f"{key} = {value} is outside {low}..{high}")
+    dropout = config.dropout
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        out.append(f"dropout = {dropout!r} is not a number in [0, 1)")
+    if not out and config.approx_parameters() > MAX_PARAMETERS:
+        out.append(f"the sizes describe about {config.approx_parameters():,} parameters, more than "
+                   f"the {MAX_PARAMETERS:,} accepted")
+    return out
 
 
 PRESETS: dict[str, ModelConfig] = {

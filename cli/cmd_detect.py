@@ -31,6 +31,8 @@ def register(app: typer.Typer) -> None:
         threshold_off: float = typer.Option(None, help="Hysteresis: an event ends below this (default 0.8 x threshold)."),
         window: str = typer.Option("3s", help="Window for clip-classification models."),
         threads: int = typer.Option(None, min=1, help="CPU threads for onnxruntime (default: all cores)."),
+        plugin_lib: Path = typer.Option(None, "--plugin-lib", help="TensorRT plugin library (default: "
+                                        "$BMAMBA_TRT_PLUGIN, else the one installed with bmamba)."),
         batch: int = typer.Option(None, min=1, help="Recordings run together, their chunks batched "
                                                     "(default: 8 on a GPU backend, 1 on a CPU)."),
         journal: Path = typer.Option(None, help="Resume journal (default: OUT/.bmamba-journal.jsonl or ./ without --out)."),
@@ -70,7 +72,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             manifest, folder, name = describe_model(model, backend)
-            engine = open_backend(folder, backend, threads=threads)
+            engine = open_backend(folder, backend, threads=threads, plugin_lib=plugin_lib)
             reference = open_backend(folder, "torch") if parity else None
             config = DetectConfig(chunk_s=chunk_s, threshold=threshold, threshold_off=threshold_off,
                                   min_duration_s=min_duration, merge_gap_s=merge_gap, window_s=window_s,

@@ -12,13 +12,16 @@ from .common import fail
 def default_out_dir(checkpoint: Path) -> Path:
     """Next to the checkpoint: ``runs/run1`` -> ``runs/run1-export``."""
     folder = checkpoint.parent if checkpoint.is_file() else checkpoint
+    if not folder.name:  # "." or "..": name the folder itself
+        folder = folder.resolve()
     return folder.with_name(folder.name + "-export")
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def export(
-        checkpoint: Path = typer.Argument(..., help="Checkpoint folder (model.safetensors + config.json)."),
+        checkpoint: Path = typer.Argument(..., help="Checkpoint folder (model.safetensors + config.json), "
+                                          "or a train run folder (its best/, else last/)."),
         out: Path = typer.Option(None, help="Export folder (default: CHECKPOINT-export next to it)."),
         onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Write the ONNX graphs (--no-onnx --trt: "
                                   "build engines from an existing export in --out)."),
@@ -33,6 +36,8 @@ def register(app: typer.Typer) -> None:
         opset: int = typer.Option(17, help="ONNX opset: 17 or 18."),
     ) -> None:
         """Export a BioMamba checkpoint to ONNX (and TensorRT) for `bmamba detect --model`."""
+        from biomamba.checkpoint import CONFIG, WEIGHTS
+        from biomamba.info import run_checkpoint
         from biomamba.runtime.durations import DurationError, parse_duration
 
         try:
@@ -51,7 +56,11 @@ def register(app: typer.Typer) -> None:
             fail("nothing to do: --no-onnx without --trt", usage=True)
         if not checkpoint.exists():
             fail(f"{checkpoint}: no such checkpoint folder", usage=True)
+        if checkpoint.is_file() and checkpoint.name not in (CONFIG, WEIGHTS):
+            fail(f"{checkpoint}: a file, not a checkpoint; give the folder that holds {WEIGHTS} and "
+                 f"{CONFIG} (bmamba train writes them to RUN/best/ and RUN/last/)", usage=True)
         out_dir = out if out is not None else default_out_dir(checkpoint)
+        checkpoint = run_checkpoint(checkpoint) or checkpoint  # a run folder: its best/, as eval takes
         if trt:
             _check_trt(plugin_lib)      # before minutes of export work
 

@@ -1,4 +1,4 @@
-"""`bmamba train`: fine-tune for classification or detection (see biomamba.train)."""
+"""`bmamba train`: fine-tune for classification or detection (see biomamba.training.train)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,21 @@ import typer
 
 from .common import fail
 
+# The layouts of biomamba.data.layout and the naming rule of biomamba.data.annotations.TABLE_NAMES,
+# written out so that `bmamba --help` does not import them (tests/test_train_formats.py checks them).
+DATA_HELP = (
+    "Training data. classify: a folder per class (DATA/<class>/*.wav), recordings of none of the "
+    "classes in DATA/noise/ (or background/, other/, silence/: BirdNET-Analyzer's names), or a BEANS "
+    "CSV (path,label). detect: recordings with an annotation file beside each, the first found of "
+    "<stem>.Table.1.selections.txt, <stem>.selections.txt, <stem>.bmamba.selection.table.txt (what "
+    "bmamba detect writes), <stem>.txt (Raven table or Audacity labels); or a BEANS JSONL."
+)
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def train(
-        data: Path = typer.Argument(..., help="Training data: a folder per class, a BEANS CSV (classify), "
-                                              "a BEANS JSONL, or a folder of recordings with Raven tables (detect)."),
+        data: Path = typer.Argument(..., help=DATA_HELP),
         task: str = typer.Option(None, help="classify or detect (default: from the data)."),
         valid: Path = typer.Option(None, help="Validation data, same kinds as DATA."),
         valid_fraction: float = typer.Option(0.2, help="Without --valid: the fraction of recordings held "
@@ -59,9 +68,10 @@ def register(app: typer.Typer) -> None:
         """
         from biomamba.checkpoint import CheckpointError
         from biomamba.runtime.durations import parse_duration
-        from biomamba.train import TrainConfig, check_options
-        from biomamba.train import train as run_train
-        from biomamba.trainutil import TrainingError, is_main_process
+        from biomamba.training.devices import is_main_process
+        from biomamba.training.runs import TrainingError
+        from biomamba.training.train import TrainConfig, check_options
+        from biomamba.training.train import train as run_train
 
         if not data.exists():
             fail(f"{data}: no such file or folder", usage=True)

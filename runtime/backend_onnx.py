@@ -80,37 +80,48 @@ class OnnxBackend:
 
     def __init__(self, model_dir: str | os.PathLike, *, providers: str | Sequence[str] | None = None,
                  threads: int | None = None, spinning: bool = False):
-        ort = _onnxruntime()
         self.manifest: Manifest = read_manifest(model_dir)
         self.providers = resolve_providers(providers)
         if self.providers[0] == "CUDAExecutionProvider":
             self.name = "onnxruntime-cuda"
         options = session_options(threads, spinning)
+        self.frontend = self._load("frontend", options)
+        self.mamba = self._load("mamba", options)
+        self._outputs = list(self.manifest.outputs)
+        self._fetch = self._outputs + [s.output_name for s in self.manifest.states]
+        self._check_io("frontend", self.frontend, {"audio"}, ["frames"])
+        self._check_io("mamba", self.mamba, {"frames", *(s.name for s in self.manifest.states)},
+                       self._fetch)
+
+    def _load(self, name: str, options):
+        """An onnxruntime session for graph ``name``; a file that is not a loadable ONNX graph
+        (corrupt, truncated, another file renamed) is a BackendError naming the file."""
+        ort = _onnxruntime()
+        path = self.manifest.graph_path(name)
         try:
-            self.frontend = ort.InferenceSession(str(self.manifest.graph_path("frontend")), options,
-                                                 providers=self.providers)
-            if self.manifest.variant == "plugin":
+            if name == "mamba" and self.manifest.variant == "plugin":
                 from biomamba.export.ort_custom_op import CustomOpUnavailable, plugin_session
 
                 try:
-                    self.mamba = plugin_session(self.manifest.graph_path("mamba"), options, self.providers,
-                                                fp16=self.manifest.precision == "fp16")
+                    return plugin_session(path, options, self.providers,
+                                          fp16=self.manifest.precision == "fp16")
                 except CustomOpUnavailable as e:
-                    raise BackendError(f"{model_dir}: {e}") from None
-            else:
-                self.mamba = ort.InferenceSession(str(self.manifest.graph_path("mamba")), options,
-                                                  providers=self.providers)
-        except (ort.capi.onnxruntime_pybind11_state.Fail,
-                ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-                ort.capi.onnxruntime_pybind11_state.NoSuchFile) as e:
-            raise BackendError(f"{model_dir}: onnxruntime cannot load the graphs ({e})") from None
-        self._outputs = list(self.manifest.outputs)
-        self._fetch = self._outputs + [s.output_name for s in self.manifest.states]
-        graph_inputs = {i.name for i in self.mamba.get_inputs()}
-        expected = {"frames", *(s.name for s in self.manifest.states)}
-        if graph_inputs != expected:
-            raise BackendError(f"{model_dir}: mamba graph inputs {sorted(graph_inputs)} do not match "
-                               "the manifest's states")
+                    raise BackendError(f"{self.manifest.folder}: {e}") from None
+            return ort.InferenceSession(str(path), options, providers=self.providers)
+        except BackendError:
+            raise
+        except Exception as e:  # onnxruntime's and onnx's errors share no base class but Exception
+            reason = " ".join(str(e).split())[:300] or type(e).__name__
+            raise BackendError(f"{path}: not a usable ONNX graph ({reason}); the model folder is "
+                               "damaged or incomplete: export the model again") from None
+
+    def _check_io(self, name: str, session, inputs: set[str], outputs: list[str]) -> None:
+        got_in = {i.name for i in session.get_inputs()}
+        got_out = {o.name for o in session.get_outputs()}
+        if got_in != inputs or not set(outputs) <= got_out:
+            raise BackendError(f"{self.manifest.graph_path(name)}: the graph takes {sorted(got_in)} and "
+                               f"gives {sorted(got_out)}, not the {name} graph model.json describes "
+                               f"({sorted(inputs)} -> {outputs[:4]}...)")
 
     def initial_state(self, batch: int = 1) -> State:
         """Zero state for ``batch`` streams: float32 arrays shaped as in the manifest."""

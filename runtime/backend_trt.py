@@ -20,7 +20,6 @@ Nothing here imports tensorrt at module import time: a missing TensorRT raises
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,23 +51,34 @@ def import_tensorrt():
 
 
 def plugin_library_candidates() -> list[Path]:
-    """Where the plugin library is looked for, in order (see ``find_plugin_library``)."""
-    repo = Path(__file__).resolve().parents[1]
-    places = [Path(os.environ[PLUGIN_ENV])] if os.environ.get(PLUGIN_ENV) else []
-    places += [Path.cwd() / "build" / PLUGIN_LIBRARY, repo / "build" / PLUGIN_LIBRARY,
-               Path(__file__).resolve().parent / PLUGIN_LIBRARY, Path(sys.prefix) / "lib" / PLUGIN_LIBRARY,
-               Path("/usr/local/lib") / PLUGIN_LIBRARY]
+    """Where the plugin library is looked for without --plugin-lib, in order (see
+    ``find_plugin_library``): $BMAMBA_TRT_PLUGIN when set, else the package's own folder, and in a
+    source checkout its build/ folder. Never the current directory, never a model folder: a native
+    library runs with the user's rights, so only the user or the installation chooses it."""
+    if os.environ.get(PLUGIN_ENV):
+        return [Path(os.environ[PLUGIN_ENV])]
+    here = Path(__file__).resolve().parent          # <package>/runtime (installed or checkout)
+    places = [here / PLUGIN_LIBRARY]
+    checkout = here.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "CMakeLists.txt").is_file():
+        places.append(checkout / "build" / PLUGIN_LIBRARY)   # `cmake -B build` in the checkout
     return places
 
 
 def find_plugin_library(explicit: str | os.PathLike | None = None) -> Path:
-    """The SSDChunkScan plugin library: ``explicit``, else $BMAMBA_TRT_PLUGIN, ./build/, the
-    repository's build/, the package folder, <sys.prefix>/lib, /usr/local/lib (CMake's install
-    prefix). Raises TensorRTUnavailable if absent."""
+    """The SSDChunkScan plugin library: ``explicit`` (--plugin-lib), else $BMAMBA_TRT_PLUGIN, else
+    the package's folder, else (source checkout only) the checkout's build/. Raises
+    TensorRTUnavailable if absent. Nothing in a model folder takes part (model.json's
+    ``tensorrt.plugin_lib`` only records what the engines were built with)."""
     if explicit is not None:
         path = Path(explicit)
         if not path.is_file():
             raise TensorRTUnavailable(f"{path}: no such plugin library")
+        return path
+    if os.environ.get(PLUGIN_ENV):
+        path = Path(os.environ[PLUGIN_ENV])
+        if not path.is_file():
+            raise TensorRTUnavailable(f"{PLUGIN_ENV}={path}: no such plugin library")
         return path
     for path in plugin_library_candidates():
         if path.is_file():
@@ -76,7 +86,8 @@ def find_plugin_library(explicit: str | os.PathLike | None = None) -> Path:
     raise TensorRTUnavailable(
         f"the TensorRT plugin library {PLUGIN_LIBRARY} was not found (looked in "
         + ", ".join(str(p.parent) for p in plugin_library_candidates())
-        + "); build it with CMake (cmake -B build && cmake --build build) or pass --plugin-lib PATH")
+        + f"); build it with CMake (cmake -B build && cmake --build build) and pass --plugin-lib "
+        f"PATH or set {PLUGIN_ENV}=PATH")
 
 
 _LOADED_PLUGINS: dict[str, object] = {}
@@ -183,16 +194,17 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, model_dir: str | os.PathLike, *, plugin_lib: str | os.PathLike | None = None):
+        """plugin_lib: the plugin library (--plugin-lib); None looks as ``find_plugin_library`` says."""
         self.manifest: Manifest = read_manifest(model_dir)
         trt = import_tensorrt()
         engines = {name: self.manifest.engine_path(name) for name in ("frontend", "mamba")}
-        recorded = self.manifest.tensorrt.get("plugin_lib")
-        if plugin_lib is None and recorded and Path(recorded).is_file():
-            plugin_lib = recorded
+        # The plugin comes from the user or the installation, never from model.json.
         load_plugin_library(trt, find_plugin_library(plugin_lib))
         self.cuda = _Cuda()
         self.logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self.logger)
+        if hasattr(runtime, "engine_host_code_allowed"):   # TensorRT >= 8.6; False is its default
+            runtime.engine_host_code_allowed = False          # no host code embedded in an engine
         self.frontend = _Engine(trt, runtime, engines["frontend"], self.cuda)
         self.mamba = _Engine(trt, runtime, engines["mamba"], self.cuda)
         self.max_frames = int(self.manifest.tensorrt.get("max_frames", self.manifest.chunk_frames))

@@ -73,8 +73,13 @@ def _tensorrt_usable(model_dir: Path) -> bool:
     return True
 
 
-def open_backend(model_dir: str | os.PathLike, name: str = "auto", threads: int | None = None):
-    """Open backend ``name`` (see BACKENDS) on an exported model folder."""
+def open_backend(model_dir: str | os.PathLike, name: str = "auto", threads: int | None = None,
+                 plugin_lib: str | os.PathLike | None = None):
+    """Open backend ``name`` (see BACKENDS) on an exported model folder.
+
+    plugin_lib: the TensorRT plugin library (``--plugin-lib``); None takes $BMAMBA_TRT_PLUGIN or
+    the one installed with bmamba. A model folder never names a native library to load.
+    """
     model_dir = Path(model_dir)
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -85,7 +90,7 @@ def open_backend(model_dir: str | os.PathLike, name: str = "auto", threads: int 
     if name == "tensorrt":
         from .backend_trt import TensorRTBackend
 
-        return TensorRTBackend(model_dir)
+        return TensorRTBackend(model_dir, plugin_lib=plugin_lib)
     from .backend_onnx import OnnxBackend
 
     providers = "cuda" if _onnxruntime_has_cuda() else "cpu"

@@ -17,12 +17,15 @@ The state of layer i is ``conv_state_{i}`` [batch, conv_dim, d_conv - 1] and ``s
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from biomamba.checkpoint import file_sha256
+from biomamba.checkpoint import file_sha256, read_json
+from biomamba.presets import LIMITS
+from biomamba.streaming import CONTEXT, HOP, SAMPLE_RATE
 
 FORMAT = "bmamba-export"
 FORMAT_VERSION = 1
@@ -32,6 +35,13 @@ VARIANTS = ("portable", "plugin")
 PRECISIONS = ("fp32", "fp16")
 BATCH_DIM = "batch"          # the symbolic batch axis in state shapes
 STATE_OUTPUT_SUFFIX = "_out"
+
+# Bounds on the numbers of model.json, checked before anything is built or allocated.
+MAX_CHUNK_FRAMES = 180_000          # 1 hour of 20 ms frames
+MAX_STATE_VALUES = 1 << 28          # all states of one stream together: 1 GiB of float32
+MAX_CLASSES = 10_000
+MAX_TRT_FRAMES = 180_000
+MAX_TRT_BATCH = 1024
 
 
 class ManifestError(ValueError):
@@ -160,14 +170,11 @@ def read_manifest(model_dir: str | os.PathLike, *, verify_hashes: bool = False) 
         hint = ("it is a checkpoint, not an export: run `bmamba export` on it first"
                 if (folder / "config.json").is_file() else "run `bmamba export CHECKPOINT --out FOLDER`")
         raise ManifestError(folder, f"not a bmamba export (no {MANIFEST}); {hint}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ManifestError(path, f"unreadable JSON ({e})") from None
+    data = read_json(path, ManifestError)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ManifestError(path, f"not a bmamba export manifest (format is not {FORMAT!r})")
     version = data.get("format_version")
-    if not isinstance(version, int):
+    if isinstance(version, bool) or not isinstance(version, int):
         raise ManifestError(path, "format_version is missing")
     if version > FORMAT_VERSION:
         raise ManifestError(path, f"written by a newer bmamba (format_version {version} > "
@@ -177,35 +184,123 @@ def read_manifest(model_dir: str | os.PathLike, *, verify_hashes: bool = False) 
         file = manifest.graph_path(name)
         if not file.is_file():
             raise ManifestError(folder, f"graph file {manifest.graphs[name].file} is missing")
+        if file.stat().st_size == 0:
+            raise ManifestError(file, "the graph file is empty (0 bytes); export the model again")
         if verify_hashes and file_sha256(file) != manifest.graphs[name].sha256:
             raise ManifestError(file, "SHA-256 does not match model.json (file changed or corrupt)")
     return manifest
 
 
 def _parse(path: Path, d: dict) -> Manifest:
-    try:
-        states = tuple(StateSpec(s["name"], tuple(s["shape"]), s.get("dtype", "float32"))
-                       for s in d["states"])
-        manifest = Manifest(
-            preset=d.get("preset"), task=str(d["task"]), classes=tuple(d["classes"]),
-            sample_rate=int(d["sample_rate"]), hop=int(d["hop"]), context=int(d["context"]),
-            chunk_frames=int(d["chunk_frames"]),
-            thresholds={str(k): float(v) for k, v in d.get("thresholds", {}).items()},
-            variant=str(d["variant"]), precision=str(d["precision"]), opset=int(d["opset"]),
-            d_model=int(d["d_model"]), n_layers=int(d["n_layers"]),
-            graphs={k: FileEntry(v["file"], v["sha256"]) for k, v in d["graphs"].items()},
-            states=states, outputs=tuple(d["outputs"]), source_sha256=str(d["source_sha256"]),
-            bmamba_version=str(d["bmamba_version"]), created=str(d["created"]),
-            engines={k: FileEntry(v["file"], v["sha256"]) for k, v in d.get("engines", {}).items()},
-            tensorrt=dict(d.get("tensorrt", {})), format_version=int(d["format_version"]),
-        )
-    except KeyError as e:
-        raise ManifestError(path, f"invalid manifest (missing key {e.args[0]!r})") from None
-    except (TypeError, ValueError, AttributeError) as e:
-        raise ManifestError(path, f"invalid manifest ({e})") from None
+    """The Manifest of model.json's dict ``d``; every field's type and bounds are checked first,
+    and a problem is a ManifestError naming model.json and the key."""
+    def bad(reason: str):
+        return ManifestError(path, f"invalid manifest: {reason}")
+
+    def whole(key: str, low: int, high: int, where: dict = d, name: str | None = None) -> int:
+        name = name or key
+        if key not in where:
+            raise bad(f"missing key {name!r}")
+        value = where[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(f"{name} = {value!r} is not a whole number")
+        if not low <= value <= high:
+            raise bad(f"{name} = {value} is outside {low}..{high}")
+        return value
+
+    def text(key: str, where: dict = d, name: str | None = None, optional: bool = False) -> str | None:
+        name = name or key
+        if key not in where:
+            if optional:
+                return None
+            raise bad(f"missing key {name!r}")
+        if not isinstance(where[key], str):
+            raise bad(f"{name} = {where[key]!r} is not text")
+        return where[key]
+
+    def obj(key: str, default=None) -> dict:
+        value = d.get(key, default)
+        if value is None:
+            raise bad(f"missing key {key!r}")
+        if not isinstance(value, dict):
+            raise bad(f"{key} must be an object")
+        return value
+
+    def names(key: str) -> list[str]:
+        if key not in d:
+            raise bad(f"missing key {key!r}")
+        if not isinstance(d[key], list) or not all(isinstance(v, str) for v in d[key]):
+            raise bad(f"{key} must be a list of names")
+        return d[key]
+
+    def files(key: str, suffix: str, default=None) -> dict[str, FileEntry]:
+        out = {}
+        for name, entry in obj(key, default).items():
+            where = f"{key}.{name}"
+            if not isinstance(entry, dict):
+                raise bad(f"{where} must be an object with 'file' and 'sha256'")
+            file = text("file", entry, f"{where}.file")
+            # A plain file name in the model folder: never a path that reaches outside it.
+            if file != Path(file).name or file in ("", ".", "..") or "\\" in file \
+                    or not file.endswith(suffix):
+                raise bad(f"{where}.file = {file!r} must be a plain *{suffix} file name in the model folder")
+            out[name] = FileEntry(file, text("sha256", entry, f"{where}.sha256"))
+        return out
+
+    sample_rate = whole("sample_rate", 1, 10**7)
+    hop, context = whole("hop", 1, 10**6), whole("context", 0, 10**6)
+    if (sample_rate, hop, context) != (SAMPLE_RATE, HOP, CONTEXT):
+        raise bad(f"sample_rate/hop/context are {sample_rate}/{hop}/{context}; this runtime reads "
+                  f"{SAMPLE_RATE} Hz audio with a {HOP}-sample hop and {CONTEXT} samples of context")
+    classes = names("classes")
+    if len(classes) > MAX_CLASSES:
+        raise bad(f"{len(classes)} classes, more than the {MAX_CLASSES} accepted")
+    thresholds = {}
+    for name, value in obj("thresholds", {}).items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                or not 0 < value < 1:
+            raise bad(f"thresholds[{name!r}] = {value!r} is not a number between 0 and 1 (exclusive)")
+        thresholds[name] = float(value)
+    if "states" not in d:
+        raise bad("missing key 'states'")
+    raw_states = d["states"]
+    if not isinstance(raw_states, list):
+        raise bad("states must be a list")
+    states = []
+    for i, s in enumerate(raw_states):
+        if not isinstance(s, dict) or not isinstance(s.get("shape"), list):
+            raise bad(f"states[{i}] must be an object with a name and a shape")
+        for dim in s["shape"][1:]:
+            if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_STATE_VALUES:
+                raise bad(f"states[{i}].shape holds {dim!r}, not a size from 1 to {MAX_STATE_VALUES}")
+        states.append(StateSpec(text("name", s, f"states[{i}].name"), tuple(s["shape"]),
+                                text("dtype", s, f"states[{i}].dtype", optional=True) or "float32"))
+    values = sum(math.prod(s.shape[1:]) for s in states)
+    if values > MAX_STATE_VALUES:
+        raise bad(f"the states hold {values:,} values per stream, more than the "
+                  f"{MAX_STATE_VALUES:,} accepted")
+    tensorrt = obj("tensorrt", {})
+    for key, high in (("max_frames", MAX_TRT_FRAMES), ("max_batch", MAX_TRT_BATCH)):
+        if key in tensorrt:
+            whole(key, 1, high, tensorrt, f"tensorrt.{key}")
+    outputs = names("outputs")
+    preset = d.get("preset")
+    if preset is not None and not isinstance(preset, str):
+        raise bad(f"preset = {preset!r} is not a name")
+    manifest = Manifest(
+        preset=preset, task=text("task"), classes=tuple(classes),
+        sample_rate=sample_rate, hop=hop, context=context,
+        chunk_frames=whole("chunk_frames", 1, MAX_CHUNK_FRAMES), thresholds=thresholds,
+        variant=text("variant"), precision=text("precision"), opset=whole("opset", 1, 100),
+        d_model=whole("d_model", *LIMITS["d_model"]), n_layers=whole("n_layers", *LIMITS["n_layers"]),
+        graphs=files("graphs", ".onnx"), states=tuple(states), outputs=tuple(outputs),
+        source_sha256=text("source_sha256"), bmamba_version=text("bmamba_version"),
+        created=text("created"), engines=files("engines", ".engine", {}), tensorrt=dict(tensorrt),
+        format_version=whole("format_version", 1, FORMAT_VERSION),
+    )
     problems = _problems(manifest)
     if problems:
-        raise ManifestError(path, "invalid manifest (" + "; ".join(problems) + ")")
+        raise bad("; ".join(problems))
     return manifest
 
 
@@ -215,8 +310,6 @@ def _problems(m: Manifest) -> list[str]:
         out.append(f"unknown variant {m.variant!r}")
     if m.precision not in PRECISIONS:
         out.append(f"unknown precision {m.precision!r}")
-    if m.chunk_frames < 1:
-        out.append("chunk_frames must be >= 1")
     missing = [g for g in GRAPH_NAMES if g not in m.graphs]
     if missing:
         out.append(f"graphs {missing} not listed")
@@ -224,12 +317,14 @@ def _problems(m: Manifest) -> list[str]:
     if [s.name for s in m.states] != expected:
         out.append(f"states must be {expected[:4]}... for {m.n_layers} layers")
     for s in m.states:
-        if not s.shape or s.shape[0] != BATCH_DIM or not all(isinstance(d, int) and d > 0 for d in s.shape[1:]):
+        if not s.shape or s.shape[0] != BATCH_DIM:
             out.append(f"state {s.name} has a bad shape {list(s.shape)}")
         if s.dtype != "float32":
             out.append(f"state {s.name} must be float32, not {s.dtype}")
     if m.task != "embed" and not m.classes:
         out.append(f"task {m.task!r} needs class names")
+    if len(set(m.classes)) != len(m.classes):
+        out.append("class names must be unique")
     unknown = set(m.thresholds) - set(m.classes)
     if unknown:
         out.append(f"thresholds for unknown classes {sorted(unknown)}")

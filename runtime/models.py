@@ -6,7 +6,6 @@ a training checkpoint folder works too.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -49,12 +48,15 @@ def describe_model(path: str | os.PathLike | None, backend: str):
         return read_manifest(folder), folder, name
     config = folder / "config.json"
     if backend == "torch" and config.is_file():
-        from biomamba.checkpoint import file_sha256
+        from biomamba.checkpoint import WEIGHTS, CheckpointError, file_sha256, read_config
 
-        cfg = json.loads(config.read_text())
+        try:  # format, fields and model sizes checked, and the weights file present
+            cfg = read_config(folder)
+        except CheckpointError as e:
+            raise ManifestError(e.path, e.reason) from None
         classes = tuple(cfg.get("classes", ()))
         return CheckpointModel(cfg.get("task", "detect"), classes, {c: 0.5 for c in classes},
-                               file_sha256(folder / "model.safetensors"), folder=folder), folder, name
+                               file_sha256(folder / WEIGHTS), folder=folder), folder, name
     hint = " (a training checkpoint: export it with `bmamba export`, or use --backend torch)" \
         if config.is_file() else ""
     raise ManifestError(folder, f"not an exported bmamba model (no {MANIFEST}){hint}")

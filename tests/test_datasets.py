@@ -221,7 +221,7 @@ def test_detection_from_folder_with_tables(tmp_path):
     assert ds[3][2].tolist() == [1, 0]
     (tmp_path / "empty").mkdir()
     write_wav(tmp_path / "empty" / "lonely.wav", ramp(3.0, rng))
-    with pytest.raises(ValueError, match="no recording with an annotation file"):
+    with pytest.raises(ValueError, match="found 1 recording.* but no annotation table beside any"):
         DetectionDataset(tmp_path / "empty")
 
 

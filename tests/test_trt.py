@@ -82,11 +82,7 @@ def test_find_plugin_library(tmp_path, monkeypatch):
     assert find_plugin_library(library) == library
     monkeypatch.setenv("BMAMBA_TRT_PLUGIN", str(library))
     assert find_plugin_library() == library
-    monkeypatch.delenv("BMAMBA_TRT_PLUGIN")
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "build").mkdir()
-    (tmp_path / "build" / PLUGIN_LIBRARY).write_bytes(b"")
-    assert find_plugin_library() == tmp_path / "build" / PLUGIN_LIBRARY
+    # ./build/ is never searched: see tests/test_model_folder_safety.py (issue 8, item 6)
 
 
 def test_optimization_profile_shapes(plugin_export):

@@ -237,17 +237,26 @@ def read_annotations(
     return read_audacity(path, duration_s=duration_s)
 
 
-def find_annotation_table(recording: str | Path) -> Path | None:
-    """The annotation file next to `recording`, or None.
+# The names an annotation file may have beside a recording `<stem>.<ext>`, tried in this order:
+# Raven's default save name, a shorter Raven name, the Raven table `bmamba detect` writes (so
+# that detect -> review in Raven -> retrain is a loop), and a plain `<stem>.txt` (Raven table or
+# Audacity label track, told apart by content).
+TABLE_NAMES = ("{stem}.Table.1.selections.txt", "{stem}.selections.txt",
+               "{stem}.bmamba.selection.table.txt", "{stem}.txt")
 
-    Rule: the first file that exists of `<stem>.Table.1.selections.txt` (Raven's default
-    name), `<stem>.selections.txt`, `<stem>.txt`, in the recording's folder. `<stem>.txt`
-    may be a Raven table or an Audacity label track; `read_annotations` tells them apart.
-    """
+
+def table_naming_rule() -> str:
+    """The naming rule in words, for help texts and error messages."""
+    return ", ".join(name.format(stem="<stem>") for name in TABLE_NAMES) + " (the first found)"
+
+
+def find_annotation_table(recording: str | Path) -> Path | None:
+    """The annotation file next to `recording`, or None: the first of `TABLE_NAMES` that exists
+    in the recording's folder. `<stem>.txt` may be a Raven table or an Audacity label track;
+    `read_annotations` tells them apart."""
     recording = Path(recording)
-    for name in (f"{recording.stem}.Table.1.selections.txt", f"{recording.stem}.selections.txt",
-                 f"{recording.stem}.txt"):
-        candidate = recording.with_name(name)
+    for name in TABLE_NAMES:
+        candidate = recording.with_name(name.format(stem=recording.stem))
         if candidate.is_file():
             return candidate
     return None

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..audio import AUDIO_EXTENSIONS, SAMPLE_RATE, audio_info, read_audio
+from ..audio import SAMPLE_RATE, audio_info, read_audio
 from ..streaming import HOP
 from .annotations import (
     Annotation,
@@ -24,6 +24,13 @@ from .annotations import (
     read_annotations,
     read_beans_csv,
     read_beans_jsonl,
+)
+from .layout import (
+    BACKGROUND_CLASS,
+    NON_EVENT_FOLDERS,
+    check_detection_source,
+    class_folder_items,
+    is_audio,
 )
 from .windows import class_index, frame_targets, window_starts, window_targets
 
@@ -37,10 +44,6 @@ def _fit(audio: np.ndarray, n: int) -> np.ndarray:
     if len(audio) >= n:
         return audio[:n]
     return np.concatenate([audio, np.zeros(n - len(audio), dtype=np.float32)])
-
-
-def _is_audio(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in AUDIO_EXTENSIONS
 
 
 class _Durations:
@@ -104,9 +107,12 @@ class ClassificationDataset(Dataset):
     """Clips with one label each. Items: (audio float32 tensor [S] at 16 kHz, class index int).
 
     source: a folder with one subfolder of recordings per class (`root/<label>/*.wav`, searched
-    recursively), a BEANS classification CSV (`path,label`), or a list of (path, label).
-    classes: the class names in index order (default: the sorted labels found); a label not
-    among them maps to `unknown_label` (added to the classes if missing), else is an error.
+    recursively; `layout.class_folder_items`: BirdNET-Analyzer's non-event folders `noise`,
+    `other`, `background`, `silence` train the class `background`), a BEANS classification CSV
+    (`path,label`), or a list of (path, label).
+    classes: the class names in index order (default: the sorted labels found, which must be two
+    or more: a one-class classifier has loss 0 and learns nothing); a label not among them maps
+    to `unknown_label` (added to the classes if missing), else is an error.
 
     crop_s: None gives whole recordings; else every item holds exactly crop_s seconds: a random
     crop when `train`, the centred crop otherwise; shorter recordings are zero-padded at the end.
@@ -135,6 +141,7 @@ class ClassificationDataset(Dataset):
             raise ValueError(f"{source}: no recordings found")
         if classes is None:
             classes = sorted({label for _, label in items})
+            _check_two_classes(classes)
         classes = list(classes)
         if unknown_label is not None and unknown_label not in classes:
             classes = sorted([*classes, unknown_label])
@@ -158,10 +165,10 @@ class ClassificationDataset(Dataset):
         if isinstance(source, str | Path):
             source = Path(source)
             if source.is_dir():
-                items = []
-                for folder in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                    items += [(f, folder.name) for f in sorted(folder.rglob("*")) if _is_audio(f)]
-                return items
+                return class_folder_items(source)
+            if source.suffix.lower() == ".jsonl":
+                raise ValueError(f"{source}: a JSONL listing is for detection (--task detect); clip "
+                                 "classification takes a CSV listing (path,label) or a folder per class")
             return read_beans_csv(source)
         return [(Path(p), str(label)) for p, label in source]
 
@@ -194,6 +201,22 @@ class ClassificationDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), label
 
 
+def _check_two_classes(classes: list[str]) -> None:
+    """A classifier needs two classes or more: with one, softmax gives it probability 1 whatever
+    the audio, so the loss is 0 and nothing is learned."""
+    if len(classes) >= 2:
+        return
+    names = ", ".join(NON_EVENT_FOLDERS)
+    if classes == [BACKGROUND_CLASS]:
+        raise ValueError(f"the training data holds only non-event recordings (folders named {names}): "
+                         "add a folder of recordings per class")
+    raise ValueError(
+        f"the training data holds one class ({classes[0]!r}); a one-class classifier learns nothing "
+        f"(its loss is 0). To train it against a background class, add a folder of recordings that "
+        f"hold none of it, named {NON_EVENT_FOLDERS[0]} (BirdNET-Analyzer's names: {names}); or add a "
+        "folder per other class")
+
+
 # --------------------------------------------------------------------------- detection
 
 
@@ -218,9 +241,10 @@ class DetectionDataset(Dataset):
     zero-padded.
 
     source: a BEANS detection JSONL, or a folder of recordings (searched recursively) with an
-    annotation file next to each (`find_annotation_table`: Raven table or Audacity labels).
-    Recordings without one are skipped and listed in `skipped` (an empty table marks a
-    recording without events). classes: default the sorted labels found; labels not among them
+    annotation file next to each (`find_annotation_table`: Raven table or Audacity labels,
+    bmamba detect's own Raven table included). Recordings without one are skipped and listed in
+    `skipped` (an empty table marks a recording without events); a CSV, or a folder where no
+    recording has one, is a ValueError saying what to do (`layout.check_detection_source`). classes: default the sorted labels found; labels not among them
     map to `unknown_label` (BEANS's "OTHR"), added to the classes if missing. Training windows
     take the same augmentation as `ClassificationDataset` (gain, `BackgroundMixer`); backgrounds
     must hold none of the classes, since the targets stay as annotated.
@@ -244,6 +268,7 @@ class DetectionDataset(Dataset):
         seed: int = 0,
     ):
         source = Path(source)
+        check_detection_source(source)  # a CSV, or a folder without tables: say what to do
         self.skipped: list[Path] = []
         self._duration = _Durations()
         recordings = self._load(source, label_column)
@@ -277,7 +302,7 @@ class DetectionDataset(Dataset):
     def _load(self, source: Path, label_column: str | None) -> list[tuple[Path, float, list[Annotation]]]:
         if source.is_dir():
             out = []
-            for recording in sorted(f for f in source.rglob("*") if _is_audio(f)):
+            for recording in sorted(f for f in source.rglob("*") if is_audio(f)):
                 table = find_annotation_table(recording)
                 if table is None:
                     self.skipped.append(recording)
