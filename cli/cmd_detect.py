@@ -188,7 +188,8 @@ def register(app: typer.Typer) -> None:
         _write_report(report, result)
         if stopped.signum is not None:
             raise typer.Exit(128 + stopped.signum)
-        raise typer.Exit(1 if result["failed"] or summary.aborted else 0)
+        combine_failed = combine and len(result["combined"]) < len([f for f in fmts if f != "audacity"])
+        raise typer.Exit(1 if result["failed"] or summary.aborted or combine_failed else 0)
 
 
 def _parse_thresholds(values: list[str] | None) -> tuple[float | None, dict[str, float]]:
