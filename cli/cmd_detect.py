@@ -76,7 +76,12 @@ def register(app: typer.Typer) -> None:
         from biomamba.runtime.journal import Journal, JournalError, journal_folder
         from biomamba.runtime.manifest import ManifestError
         from biomamba.runtime.models import describe_model, model_line, resolve_model
-        from biomamba.runtime.writers import parse_formats, remove_stale_temps, sibling_path
+        from biomamba.runtime.writers import (
+            COMBINED_FORMATS,
+            parse_formats,
+            remove_stale_temps,
+            sibling_path,
+        )
 
         try:
             chunk_s = parse_duration(chunk, name="--chunk")
@@ -188,7 +193,7 @@ def register(app: typer.Typer) -> None:
         _write_report(report, result)
         if stopped.signum is not None:
             raise typer.Exit(128 + stopped.signum)
-        combine_failed = combine and len(result["combined"]) < len([f for f in fmts if f != "audacity"])
+        combine_failed = combine and len(result["combined"]) < len(set(fmts) & set(COMBINED_FORMATS))
         raise typer.Exit(1 if result["failed"] or summary.aborted or combine_failed else 0)
 
 

@@ -190,6 +190,15 @@ def test_combined_table_of_a_resumed_run_holds_every_recording(exported, recordi
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_combined_table_that_cannot_be_written_fails_the_run(exported, recordings, tmp_path):
+    out = tmp_path / "out"
+    (out / "bmamba.combined.csv").mkdir(parents=True)   # a folder where the table should go
+    code, text = detect(recordings[0], "--model", exported, "--out", out, "--format", "csv,raven",
+                        "--combine")
+    assert code == 1 and "--combine" in text and "bmamba.combined.csv" in text, text
+    assert (out / "bmamba.combined.selection.table.txt").is_file()
+
+
 def test_format_list_is_checked(exported, recordings, tmp_path):
     for value, message in (("raven,xml", "--format 'xml'"), ("csv,csv", "names a format twice")):
         code, text = detect(recordings[0], "--model", exported, "--format", value)
