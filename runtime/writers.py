@@ -6,7 +6,9 @@ reader never sees half a file and a crash leaves either the old file or the new 
 temporary file, which `remove_stale_temps` clears at the next start). Under an output folder the
 outputs mirror the recordings' folders, so two recordings never share an output. A recording with no events still gets a file
 (a header, an empty "events" list, or an empty label file), so "processed, nothing found" differs
-from "not processed".
+from "not processed". Several formats of one recording are written together (`EventFiles`); the
+table of a whole run (`write_combined`, ``bmamba detect --combine``) is built from the
+per-recording files at the end, so a resumed run's table holds what earlier runs did.
 
 Number formats, the same in every format: times in seconds with 6 decimals (microseconds: finer
 than one sample at 16 kHz, and what Audacity itself writes), scores with 4 decimals (what
