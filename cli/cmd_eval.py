@@ -13,7 +13,8 @@ from .common import fail
 def register(app: typer.Typer) -> None:
     @app.command(name="eval")
     def eval_(
-        checkpoint: Path = typer.Argument(..., help="A checkpoint folder, or a train run folder (its best/)."),
+        checkpoint: Path = typer.Argument(..., help="A checkpoint folder, a train run folder (its best/), or the "
+                                                    "name of a model shipped with bmamba (e.g. insectset32)."),
         data: Path = typer.Argument(..., help="Labelled data, same kinds as for bmamba train."),
         report: Path = typer.Option(None, help="Write the full results as JSON."),
         plot: Path = typer.Option(None, help="Write a confusion matrix (classify) or precision-recall curves (detect) PNG."),
@@ -36,6 +37,9 @@ def register(app: typer.Typer) -> None:
         """Accuracy and macro-F1 (classify); BEANS mAP and event precision/recall/F1 (detect)."""
         from biomamba.evaluate import evaluate, json_safe
         from biomamba.runtime.durations import parse_duration
+        from biomamba.runtime.models import model_folder
+
+        checkpoint = model_folder(checkpoint)
 
         for name, path in (("CHECKPOINT", checkpoint), ("DATA", data)):
             if not path.exists():
