@@ -154,15 +154,19 @@ class ClassificationDataset(Dataset):
         self._duration = _Durations()
 
     @staticmethod
-    def _load(source) -> list[tuple[Path, str]]:
+    def _load(source, split: str | None = None) -> list[tuple[Path, str]]:
+        """(path, label) items of a class folder, a BEANS CSV (only the rows of ``split`` when
+        given: see `read_beans_csv`) or a list."""
         if isinstance(source, str | Path):
             source = Path(source)
             if source.is_dir():
+                if split is not None:
+                    raise ValueError(f"{source}: a split ({split!r}) selects rows of a CSV, not of a folder")
                 items = []
                 for folder in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
                     items += [(f, folder.name) for f in sorted(folder.rglob("*")) if _is_audio(f)]
                 return items
-            return read_beans_csv(source)
+            return read_beans_csv(source, split=split)
         return [(Path(p), str(label)) for p, label in source]
 
     def set_epoch(self, epoch: int) -> None:
