@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "BioMamba": ("biomamba.model", "BioMamba"),
     "AudioModel": ("biomamba.model", "AudioModel"),
-    "load_model": ("biomamba.model", "load_model"),
+    "load_model": ("biomamba.loading", "load_model"),
     "TransformerBaseline": ("biomamba.transformer", "TransformerBaseline"),
     "Mamba2": ("biomamba.mamba2", "Mamba2"),
     "ModelConfig": ("biomamba.presets", "ModelConfig"),

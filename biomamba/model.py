@@ -105,16 +105,19 @@ class AudioModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu"):
-        """Load a checkpoint or exported folder. Never unpickles; checks the architecture."""
+        """Load a checkpoint or exported folder of this architecture. Never unpickles.
+
+        A folder of another architecture raises CheckpointError; `biomamba.load_model` loads any.
+        """
+        if cls is AudioModel:
+            raise TypeError("AudioModel is abstract: load with biomamba.load_model(path)")
         config = read_config(path)
         arch = config.get("architecture")
-        target = cls if cls is not AudioModel else _ARCHITECTURES.get(arch)
-        if target is None or arch != target.architecture:
-            raise CheckpointError(path, f"holds a {arch!r} model, not {cls.architecture!r}"
-                                        + ("" if cls is AudioModel else "; use biomamba.load_model"))
+        if arch != cls.architecture:
+            raise CheckpointError(path, f"holds a {arch!r} model, not {cls.architecture!r}; use biomamba.load_model")
         try:
-            model = target(ModelConfig.from_dict(config["model"]), config["task"], config.get("classes", []),
-                           config.get("pooling", "mean"), preset=config.get("preset"))
+            model = cls(ModelConfig.from_dict(config["model"]), config["task"], config.get("classes", []),
+                        config.get("pooling", "mean"), preset=config.get("preset"))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(path, f"invalid config ({e})") from None
         weights = load_weights(Path(path) if Path(path).is_dir() else Path(path).parent)
@@ -337,18 +340,3 @@ class ModelStream:
         logits = self._pool_logits / self._pool_weight
         e = np.exp(logits - logits.max())
         return (e / e.sum()).astype(np.float32)
-
-
-_ARCHITECTURES: dict[str, type[AudioModel]] = {"biomamba": BioMamba}
-
-
-def register_architecture(cls: type[AudioModel]) -> type[AudioModel]:
-    _ARCHITECTURES[cls.architecture] = cls
-    return cls
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> AudioModel:
-    """Load any bmamba checkpoint (BioMamba, the Transformer baseline, the pre-training teacher)."""
-    from . import pretrain, transformer  # noqa: F401  (they register their architectures)
-
-    return AudioModel.load(path, device)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import AudioModel, register_architecture
+from .model import AudioModel
 from .presets import ModelConfig
 
 
@@ -39,7 +39,6 @@ class EncoderLayer(nn.Module):
         return self.norm2(x + self.ffn(x))
 
 
-@register_architecture
 class TransformerBaseline(AudioModel):
     """ConvFrontEnd -> conv position embedding -> LayerNorm -> tf_layers x EncoderLayer -> head."""
 

@@ -1,4 +1,4 @@
-"""`bmamba eval`: score a checkpoint on labelled data, BEANS style (see biomamba.evaluate)."""
+"""`bmamba eval`: score a checkpoint on labelled data, BEANS style (see biomamba.training.evaluate)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(0, help="DataLoader worker processes."),
     ) -> None:
         """Accuracy and macro-F1 (classify); BEANS mAP and event precision/recall/F1 (detect)."""
-        from biomamba.evaluate import evaluate, json_safe
         from biomamba.runtime.durations import parse_duration
         from biomamba.runtime.models import model_folder
+        from biomamba.training.evaluate import evaluate, json_safe
 
         checkpoint = model_folder(checkpoint)
 

@@ -1,4 +1,4 @@
-"""`bmamba pretrain`: HuBERT-style masked prediction of k-means labels (see biomamba.pretrain)."""
+"""`bmamba pretrain`: HuBERT-style masked prediction of k-means labels (see biomamba.training.pretrain)."""
 
 from __future__ import annotations
 
@@ -67,10 +67,11 @@ def register(app: typer.Typer) -> None:
         The encoder in OUT/last is an ordinary checkpoint: bmamba train --init OUT/last.
         """
         from biomamba.checkpoint import CheckpointError
-        from biomamba.pretrain import PretrainConfig, check_options
-        from biomamba.pretrain import pretrain as run_pretrain
         from biomamba.runtime.durations import parse_duration
-        from biomamba.trainutil import TrainingError, is_main_process
+        from biomamba.training.devices import is_main_process
+        from biomamba.training.pretrain.runner import PretrainConfig, check_options
+        from biomamba.training.pretrain.runner import pretrain as run_pretrain
+        from biomamba.training.runs import TrainingError
 
         for name, path in (("--init", init), ("--labels-from", labels_from)):
             if path is not None and not path.exists():

@@ -1,4 +1,4 @@
-"""`bmamba train`: fine-tune for classification or detection (see biomamba.train)."""
+"""`bmamba train`: fine-tune for classification or detection (see biomamba.training.train)."""
 
 from __future__ import annotations
 
@@ -59,9 +59,10 @@ def register(app: typer.Typer) -> None:
         """
         from biomamba.checkpoint import CheckpointError
         from biomamba.runtime.durations import parse_duration
-        from biomamba.train import TrainConfig, check_options
-        from biomamba.train import train as run_train
-        from biomamba.trainutil import TrainingError, is_main_process
+        from biomamba.training.devices import is_main_process
+        from biomamba.training.runs import TrainingError
+        from biomamba.training.train import TrainConfig, check_options
+        from biomamba.training.train import train as run_train
 
         if not data.exists():
             fail(f"{data}: no such file or folder", usage=True)

@@ -47,7 +47,8 @@ from torch import nn
 
 from biomamba import __version__
 from biomamba.checkpoint import CONFIG, WEIGHTS, file_sha256
-from biomamba.model import BioMamba, load_model
+from biomamba.loading import load_model
+from biomamba.model import BioMamba
 from biomamba.runtime.manifest import (
     BATCH_DIM,
     FORMAT,

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import biomamba.pretrain  # noqa: F401  registers the teacher's architecture for load_model
 from biomamba.audio import read_audio
 from biomamba.data import read_beans_csv
-from biomamba.model import BioMamba, load_model, pad_for_frontend
+from biomamba.loading import load_model
+from biomamba.model import BioMamba, pad_for_frontend
 from biomamba.transformer import TransformerBaseline
 
 

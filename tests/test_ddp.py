@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from test_train import make_class_folder
 
 from biomamba import load_model
-from biomamba.pretrain import PretrainConfig, pretrain
-from biomamba.train import TrainConfig, train
+from biomamba.training.pretrain.runner import PretrainConfig, pretrain
+from biomamba.training.train import TrainConfig, train
 
 SCRIPT = textwrap.dedent("""
     import os, sys

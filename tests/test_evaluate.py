@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from biomamba import BioMamba
 from biomamba.audio import read_audio
-from biomamba.evaluate import evaluate
 from biomamba.metrics import event_prf
 from biomamba.runtime.events import detect_events
+from biomamba.training.evaluate import evaluate
 from conftest import perturb_
 
 SR = 16000
@@ -137,7 +137,7 @@ def test_eval_cli(tmp_path, detector):
 
 
 def test_eval_of_a_training_run_folder_uses_best(tmp_path):
-    from biomamba.train import TrainConfig, train
+    from biomamba.training.train import TrainConfig, train
 
     data = make_class_folder(tmp_path / "data", per_class=3)
     train(TrainConfig(data=data, out=tmp_path / "run", preset="tiny", epochs=2, batch_size=4, crop_s=1.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biomamba.kmeans import assign, fit_kmeans, load_centroids, save_centroids
+from biomamba.training.kmeans import assign, fit_kmeans, load_centroids, save_centroids
 
 
 def blobs(rng, k=8, d=5, per_blob=600, spread=0.3):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from biomamba.mfcc import (
+from biomamba.training.mfcc import (
     compute_deltas,
     mfcc_13,
     mfcc_39,

@@ -17,24 +17,21 @@ from test_train import cli_app, make_class_folder, tone
 from typer.testing import CliRunner
 
 from biomamba import BioMamba
-from biomamba import pretrain as pretrain_module
 from biomamba.audio import read_audio
-from biomamba.kmeans import assign, fit_kmeans, load_centroids
-from biomamba.mfcc import mfcc_model_frames
-from biomamba.pretrain import (
-    IGNORE,
-    BidirectionalBioMamba,
-    PretrainConfig,
+from biomamba.bidirectional import BidirectionalBioMamba
+from biomamba.loading import LAST, model_from_init
+from biomamba.training.kmeans import assign, fit_kmeans, load_centroids
+from biomamba.training.mfcc import mfcc_model_frames
+from biomamba.training.pretrain.data import IGNORE, PretrainDataset, collate_pretrain
+from biomamba.training.pretrain.labels import layer_features, mfcc_features
+from biomamba.training.pretrain.objective import (
     PretrainModel,
-    collate_pretrain,
     compute_mask,
     label_loss,
-    layer_features,
     mask_span_starts,
-    mfcc_features,
-    pretrain,
 )
-from biomamba.trainutil import LAST, TrainingInterrupted
+from biomamba.training.pretrain.runner import PretrainConfig, pretrain
+from biomamba.training.runs import TrainingInterrupted
 from biomamba.transformer import TransformerBaseline
 from conftest import perturb_
 
@@ -337,7 +334,6 @@ def test_transformer_baseline_takes_hubert_recipe(corpus, tmp_path):
     result = pretrain(tiny_pretrain(corpus, tmp_path / "p2", architecture="transformer", phase=2,
                                     init=tmp_path / "p1", kmeans_fraction=1.0))
     assert result["label_source"].startswith("transformer-layer1-")
-    from biomamba.train import model_from_init
 
     tuned = model_from_init(tmp_path / "p2", "classify", ["a", "b"])
     assert isinstance(tuned, TransformerBaseline)
@@ -396,7 +392,7 @@ def test_crops_carry_left_context_and_labels(tmp_path):
     frames = math.ceil(len(audio) / 320)
     labels = np.arange(frames, dtype=np.int16)
     np.save(tmp_path / "l.npy", labels)
-    ds = pretrain_module.PretrainDataset([path], [tmp_path / "l.npy"], crop_s=0.4, seed=int(rng.integers(1000)))
+    ds = PretrainDataset([path], [tmp_path / "l.npy"], crop_s=0.4, seed=int(rng.integers(1000)))
     padded = np.concatenate([np.zeros(80, np.float32), audio, np.zeros(320 * frames - len(audio), np.float32)])
     for i in range(len(ds)):
         for epoch in range(3):

@@ -17,16 +17,16 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from biomamba import BioMamba
-from biomamba import train as train_module
 from biomamba.checkpoint import CheckpointError
-from biomamba.train import (
+from biomamba.loading import LAST, model_from_init
+from biomamba.training import train as train_module
+from biomamba.training.runs import TrainingError, TrainingInterrupted
+from biomamba.training.train import (
     TrainConfig,
-    model_from_init,
     split_classification,
     split_detection,
     train,
 )
-from biomamba.trainutil import LAST, TrainingError, TrainingInterrupted
 
 SR = 16000
 FREQS = {"low": 500.0, "high": 3000.0}
@@ -151,7 +151,7 @@ def test_augmentation_options_reach_the_training_windows(tmp_path, monkeypatch):
     noise = tmp_path / "bg" / "noise.wav"
     noise.parent.mkdir()
     sf.write(noise, np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1, 16000)
-    import biomamba.train as T
+    import biomamba.training.train as T
 
     seen = []
     original = T.build_datasets
@@ -276,7 +276,7 @@ def test_nan_raises_training_error_in_library(tmp_path, monkeypatch):
 
 
 def test_init_from_pretrain_checkpoint(tmp_path):
-    from biomamba.pretrain import PretrainConfig, pretrain
+    from biomamba.training.pretrain.runner import PretrainConfig, pretrain
 
     audio = make_class_folder(tmp_path / "audio", per_class=2)
     pre = pretrain(PretrainConfig(audio=[str(audio)], out=tmp_path / "pre", preset="tiny", steps=2, crop_s=1.0,
@@ -304,7 +304,7 @@ def test_init_keeps_head_when_classes_agree_and_rejects_misfits(tmp_path):
 
 
 def test_bidirectional_teacher_initialises_causal_student_from_forward_branch(tmp_path):
-    from biomamba.pretrain import BidirectionalBioMamba
+    from biomamba.bidirectional import BidirectionalBioMamba
 
     torch.manual_seed(2)
     teacher = BidirectionalBioMamba.from_preset("tiny", task="embed")
@@ -324,7 +324,7 @@ def test_validation_split_is_by_recording_and_seeded():
 
 
 def test_detection_split_never_shares_a_recording(tmp_path):
-    from biomamba.evaluate import CheckedDetectionDataset
+    from biomamba.training.evaluate import CheckedDetectionDataset
 
     data, _ = make_detection_folder(tmp_path / "data", n=4, seconds=4.0, seed=2)
     ds = CheckedDetectionDataset(data)

@@ -1,43 +1,19 @@
-"""What `bmamba train` and `bmamba pretrain` share: devices and AMP, DDP, seeding, checkpoints
-with resumable state, the NaN guard, the progress bar, and the training loop itself (`fit`).
-
-A run folder (``--out``) holds:
-
-- ``last/``: the latest checkpoint (written by the caller's ``save`` callback: weights via
-  safetensors + config.json) plus ``training_state.pt`` (optimizer, scheduler, grad scaler, RNG
-  states, loop counters), written each epoch, every ``save_every`` steps, and on interrupt;
-- ``best/``: the checkpoint of the best validation metric so far (when there is validation);
-- ``log.jsonl``: one JSON line per epoch (losses, metrics, learning rate, seconds);
-- ``args.json``: the arguments of the run.
-
-A checkpoint folder is written beside its target and swapped in with two renames, so a crash
-while saving leaves the previous checkpoint (``last.old`` if the crash fell between the renames;
-`last_checkpoint` finds it). ``training_state.pt`` is written with ``torch.save`` and read with
-``torch.load(weights_only=True)`` only: it holds tensors, numbers, strings, lists and dicts.
+"""The training loop that `bmamba train` and `bmamba pretrain` share (`fit`): seeding, the
+optimizer's parameter groups and LR schedule, the NaN guard, the progress bar, stop requests,
+and checkpoints with resumable state into the run folder (`biomamba.training.runs`).
 
 Exactness of ``--resume``: the data order of an epoch is a function of (seed, epoch) (the
 sampler) and every random crop/augmentation a function of (seed, epoch, item) (the datasets), the
 RNG states are restored, and a resume in the middle of an epoch skips the batches already done.
 So on the CPU, with the same seed, a resumed run gives the same weights as an uninterrupted one.
-
-DDP: under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) `setup_distributed` joins the
-process group (nccl on CUDA, gloo on CPU), every rank reads its shard of each epoch
-(DistributedSampler), gradients are averaged across ranks, and only rank 0 writes files, logs and
-shows progress. Validation runs on rank 0 while the others wait.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import gc
 import json
 import math
-import os
 import random
-import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -49,146 +25,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-LAST, BEST = "last", "best"
-STATE_FILE = "training_state.pt"
-LOG_FILE = "log.jsonl"
-ARGS_FILE = "args.json"
-AMP_CHOICES = ("auto", "bf16", "fp16", "none")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-
-
-class TrainingError(RuntimeError):
-    """A run that could not go on; the message says where and what to do."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss (or the gradient) became NaN or infinite."""
-
-
-class TrainingInterrupted(TrainingError):
-    """Ctrl-C or SIGTERM: the run saved ``last/`` and stopped; ``--resume`` continues it."""
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-def check_choice(option: str, value, choices) -> None:
-    """Raise ValueError("--option 'x': choose one of a, b") unless value is None or one of choices."""
-    if value is not None and value not in choices:
-        raise ValueError(f"{option} {value!r}: choose one of {', '.join(map(str, choices))}")
-
-
-def amp_name(dtype: torch.dtype | None) -> str:
-    return {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
-# --------------------------------------------------------------------------- device, AMP
-
-
-def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto' (CUDA when visible, else CPU), 'cpu', 'cuda' or 'cuda:N'. Raises ValueError when CUDA
-    is asked for and absent. Under DDP on CUDA each rank takes GPU ``local_rank``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is visible to torch")
-        return torch.device(name if ":" in name else f"cuda:{local_rank}")
-    if name != "cpu":
-        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
-    return torch.device("cpu")
-
-
-def select_amp(name: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: 'auto' is bf16 on a CUDA device that supports it, fp16 on older CUDA
-    devices, none on the CPU; 'bf16' (CPU or CUDA), 'fp16' (CUDA only), 'none'."""
-    if name not in AMP_CHOICES:
-        raise ValueError(f"unknown --amp {name!r}; choose one of {', '.join(AMP_CHOICES)}")
-    if name == "none" or (name == "auto" and device.type != "cuda"):
-        return None
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if name == "fp16" and device.type != "cuda":
-        raise ValueError("--amp fp16 needs a CUDA device (use bf16 or none on the CPU)")
-    return torch.bfloat16 if name == "bf16" else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """The autocast context of a run (a no-op without AMP)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-# --------------------------------------------------------------------------- DDP
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """Where this process stands in a torchrun job (rank 0 of 1 when not under torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_name: str = "auto") -> tuple[Distributed, torch.device]:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single process.
-
-    Backend nccl on CUDA, gloo on CPU. The timeout is long (6 h): rank 0 may fit k-means or
-    validate while the other ranks wait at a barrier.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed(), select_device(device_name)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = select_device(device_name, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                             timeout=datetime.timedelta(hours=6))
-    return Distributed(rank, world, local_rank), device
-
-
-def teardown_distributed(dist: Distributed) -> None:
-    """Leave the process group cleanly.
-
-    The DDP wrapper keeps the Gloo group alive through its reducer; if that wrapper is only freed at
-    interpreter exit, Gloo's worker threads are destroyed while joinable and the process aborts
-    ("terminate called without an active exception", about one run in four here). So the wrapper is
-    collected first, and all ranks meet before the group goes. Called from a ``finally`` block:
-    while an exception is on its way out the ranks may not all get here, so there is no barrier
-    then (it would wait out the 6 h timeout) and torchrun stops the other ranks instead.
-    """
-    if dist.enabled and torch.distributed.is_initialized():
-        gc.collect()
-        if sys.exc_info()[0] is None:
-            torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
-def barrier(dist: Distributed) -> None:
-    if dist.enabled:
-        torch.distributed.barrier()
-
-
-def broadcast_object(dist: Distributed, obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank (e.g. an error message, so that all ranks stop together)."""
-    if not dist.enabled:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
+from ..loading import BEST, LAST
+from .devices import Distributed, autocast, barrier
+from .runs import (
+    LOG_FILE,
+    STATE_FILE,
+    NonFiniteLossError,
+    TrainingError,
+    TrainingInterrupted,
+    last_checkpoint,
+    load_training_state,
+    save_training_state,
+    write_folder_atomically,
+)
 
 # --------------------------------------------------------------------------- seeds, RNG
 
@@ -253,44 +102,6 @@ class WarmupDecay:
         if self.total is None:
             return 1.0
         return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
-
-
-# --------------------------------------------------------------------------- checkpoint folders
-
-
-def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a fresh sibling folder, then swap it in for ``target``."""
-    target = Path(target)
-    tmp, old = target.with_name(target.name + ".partial"), target.with_name(target.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def last_checkpoint(out: Path) -> Path | None:
-    """``out/last`` (or ``out/last.old`` left by a crash between the two renames), or None."""
-    for name in (LAST, LAST + ".old"):
-        if (Path(out) / name / STATE_FILE).is_file():
-            return Path(out) / name
-    return None
-
-
-def save_training_state(folder: Path, state: dict) -> None:
-    torch.save(state, Path(folder) / STATE_FILE)
-
-
-def load_training_state(folder: Path) -> dict:
-    path = Path(folder) / STATE_FILE
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unreadable or not plain data: never fall back to unpickling
-        raise TrainingError(f"{path}: cannot read the training state ({e})") from None
 
 
 # --------------------------------------------------------------------------- progress
@@ -646,80 +457,3 @@ def _summary(line: dict) -> str:
     return "  ".join(parts)
 
 
-# --------------------------------------------------------------------------- checkpoints in
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder, or a run folder (``--out`` of train/pretrain): its best/, else last/."""
-    from .checkpoint import CONFIG, CheckpointError
-
-    path = Path(path)
-    if path.is_file() and path.name == CONFIG:
-        path = path.parent
-    if (path / CONFIG).is_file():
-        return path
-    for name in (BEST, LAST):
-        if (path / name / CONFIG).is_file():
-            return path / name
-    if not path.exists():
-        raise CheckpointError(path, "no such checkpoint folder")
-    raise CheckpointError(path, f"not a bmamba checkpoint (no {CONFIG}, nor a run folder with {BEST}/ or {LAST}/)")
-
-
-def load_model_from(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Any bmamba checkpoint (BioMamba, the Transformer baseline, a pre-training teacher), from a
-    checkpoint folder or a run folder. ``model.training_info`` holds the "training" entry of its
-    config (windows, crop, unknown label) or {}."""
-    from . import pretrain  # noqa: F401  (registers the bidirectional teacher's architecture)
-    from .checkpoint import read_config
-    from .model import load_model
-
-    folder = resolve_checkpoint(path)
-    model = load_model(folder, device)
-    model.training_info = read_config(folder).get("training", {})
-    return model
-
-
-# --------------------------------------------------------------------------- run folders
-
-
-def prepare_out(out: Path, resume: bool, args: dict, dist: Distributed, keys: tuple[str, ...] = ()) -> None:
-    """Create ``out``; refuse to overwrite an earlier run without ``resume``; on resume, refuse
-    when ``keys`` of the saved args.json differ from ``args``. Writes args.json (rank 0)."""
-    out = Path(out)
-    previous = out / ARGS_FILE
-    args = json.loads(json.dumps(args, default=str))  # as args.json holds them (paths as strings)
-    if resume:
-        if last_checkpoint(out) is None:
-            raise ValueError(f"--resume: {out} holds no {LAST}/ checkpoint to resume from")
-        if previous.is_file():
-            old = json.loads(previous.read_text())
-            changed = [k for k in keys if k in old and old[k] != args.get(k)]
-            if changed:
-                raise ValueError("--resume with different settings than the run in "
-                                 f"{out}: {', '.join(f'{k} ({old[k]!r} -> {args.get(k)!r})' for k in changed)}")
-    elif last_checkpoint(out) is not None or (out / LOG_FILE).exists():
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        previous.write_text(json.dumps(args, indent=2, default=str) + "\n")
-    barrier(dist)
-
-
-def echo(dist: Distributed, text: str) -> None:
-    """A line on stderr from rank 0."""
-    if dist.is_main:
-        print(text, file=sys.stderr, flush=True)
-
-
-def report_skipped(dist: Distributed, notes: list[str]) -> None:
-    """Each note about a skipped input on stderr (rank 0), then their count."""
-    for note in notes:
-        echo(dist, f"bmamba: {note}")
-    if notes:
-        echo(dist, f"bmamba: {len(notes)} input(s) skipped")
-
-
-def is_main_process() -> bool:
-    """True unless this is a torchrun worker of rank > 0 (for printing from the CLI)."""
-    return os.environ.get("RANK", "0") == "0"

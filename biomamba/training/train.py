@@ -19,7 +19,8 @@ Without ``valid``, ``valid_fraction`` of the recordings is held out, chosen with
 classification per class; detection by recording, or, with a single recording, its last
 ``valid_fraction`` of windows (windows overlapping the boundary are dropped).
 
-The loop, checkpoints, resume, DDP and NaN guard are `biomamba.trainutil`'s.
+The loop (resume, NaN guard) is `biomamba.training.loop`, the run folder `biomamba.training.runs`,
+devices and DDP `biomamba.training.devices`; ``init`` is `biomamba.loading.model_from_init`.
 """
 
 from __future__ import annotations
@@ -33,9 +34,20 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from . import trainutil as tu
-from .checkpoint import CheckpointError, load_weights
-from .data import ClassificationDataset, collate_padded
+from ..checkpoint import load_weights
+from ..data import ClassificationDataset, collate_padded
+from ..loading import ARCHITECTURES, BEST, LAST, architecture, model_from_init
+from ..model import AudioModel, BioMamba
+from ..presets import PRESETS
+from .devices import (
+    AMP_CHOICES,
+    amp_name,
+    echo,
+    report_skipped,
+    select_amp,
+    setup_distributed,
+    teardown_distributed,
+)
 from .evaluate import (
     CheckedDetectionDataset,
     classification_items,
@@ -45,15 +57,9 @@ from .evaluate import (
     infer_task,
     window_batches,
 )
-from .model import AudioModel, BioMamba
-from .presets import PRESETS
-from .pretrain import BidirectionalBioMamba
-from .transformer import TransformerBaseline
+from .loop import LoopConfig, Run, WarmupDecay, fit, parameter_groups, seed_everything
+from .runs import check_choice, prepare_out
 
-# biomamba-bidirectional: the pre-training teacher, not streamable, for offline comparisons only
-ARCHITECTURES: dict[str, type[AudioModel]] = {"biomamba": BioMamba, "transformer": TransformerBaseline,
-                                              "biomamba-bidirectional": BidirectionalBioMamba}
-HEAD_PREFIXES = ("head.", "attention.")
 # args.json keys that must not change when a run is resumed
 RESUME_KEYS = ("data", "task", "preset", "architecture", "batch_size", "seed", "crop_s", "window_s",
                "hop_s", "valid", "valid_fraction", "pooling", "freeze_frontend")
@@ -206,37 +212,11 @@ def build_datasets(cfg: TrainConfig, task: str):
 # --------------------------------------------------------------------------- model
 
 
-def model_from_init(path: str | Path, task: str, classes: list[str], pooling: str = "mean",
-                    architecture: str | None = None) -> AudioModel:
-    """A model for ``task``/``classes`` whose encoder (front end and layers) comes from checkpoint
-    ``path`` (a checkpoint or run folder; a pre-training run's encoder included). The head is kept
-    when task, classes and pooling are the same, else made new. A bidirectional pre-training
-    teacher initialises a causal BioMamba from its forward branch. Raises CheckpointError."""
-    source = tu.load_model_from(path)
-    folder = tu.resolve_checkpoint(path)
-    arch = architecture or ("biomamba" if source.architecture == "biomamba-bidirectional" else source.architecture)
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(folder, f"cannot fine-tune a {arch!r} model")
-    model = ARCHITECTURES[arch](source.config, task, classes, pooling, preset=source.preset)
-    same_head = (source.task, source.classes, source.pooling) == (task, list(classes), pooling)
-    weights = {k: v for k, v in source.state_dict().items() if same_head or not k.startswith(HEAD_PREFIXES)}
-    own = model.state_dict()
-    wrong = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in weights and not k.startswith(HEAD_PREFIXES)]
-    if wrong or missing:
-        raise CheckpointError(folder, f"its {source.architecture} encoder does not fit a {arch} model "
-                                      f"(missing {missing[:3]}, other shapes {wrong[:3]})")
-    model.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
-    return model
-
-
 def build_model(cfg: TrainConfig, task: str, classes: list[str]) -> AudioModel:
     if cfg.init is not None:
         return model_from_init(cfg.init, task, classes, cfg.pooling, cfg.architecture)
-    arch = cfg.architecture or "biomamba"
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch].from_preset(cfg.preset, task=task, classes=classes, pooling=cfg.pooling)
+    model_class = architecture(cfg.architecture or BioMamba.architecture)
+    return model_class.from_preset(cfg.preset, task=task, classes=classes, pooling=cfg.pooling)
 
 
 def freeze_frontend(model: AudioModel) -> None:
@@ -268,11 +248,11 @@ def detection_loss(net, batch: dict, state) -> tuple[torch.Tensor, dict]:
 
 def check_options(cfg: TrainConfig) -> None:
     """Raise ValueError naming the first option out of its range."""
-    tu.check_choice("--task", cfg.task, ("classify", "detect"))
-    tu.check_choice("--architecture", cfg.architecture, tuple(ARCHITECTURES))
-    tu.check_choice("--pooling", cfg.pooling, ("mean", "attention"))
-    tu.check_choice("--amp", cfg.amp, tu.AMP_CHOICES)
-    tu.check_choice("--preset", cfg.preset, tuple(PRESETS))
+    check_choice("--task", cfg.task, ("classify", "detect"))
+    check_choice("--architecture", cfg.architecture, tuple(ARCHITECTURES))
+    check_choice("--pooling", cfg.pooling, ("mean", "attention"))
+    check_choice("--amp", cfg.amp, AMP_CHOICES)
+    check_choice("--preset", cfg.preset, tuple(PRESETS))
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
         raise ValueError("--batch-size, --epochs and --lr must be positive")
     if not 0 <= cfg.valid_fraction < 1:
@@ -280,7 +260,7 @@ def check_options(cfg: TrainConfig) -> None:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Fine-tune as the module docstring says; checkpoints in ``cfg.out`` (see trainutil).
+    """Fine-tune as the module docstring says; checkpoints in ``cfg.out`` (see `biomamba.training.runs`).
 
     Returns {"out", "best", "last", "best_metric", "metric", "epochs", "steps", "notes"}.
     Raises ValueError (bad arguments or data), CheckpointError (bad --init), TrainingError
@@ -288,20 +268,20 @@ def train(cfg: TrainConfig) -> dict:
     """
     cfg = TrainConfig(**{**asdict(cfg), "data": Path(cfg.data), "out": Path(cfg.out)})
     check_options(cfg)
-    dist, device = tu.setup_distributed(cfg.device)
+    dist, device = setup_distributed(cfg.device)
     try:
-        run = tu.Run(device, tu.select_amp(cfg.amp, device), dist)
+        run = Run(device, select_amp(cfg.amp, device), dist)
         task = cfg.task or infer_task(cfg.data)
         args = {**asdict(cfg), "task": task}
-        tu.prepare_out(cfg.out, cfg.resume, args, dist, RESUME_KEYS)
+        prepare_out(cfg.out, cfg.resume, args, dist, RESUME_KEYS)
         train_set, valid_set, classes, notes = build_datasets(cfg, task)
-        tu.report_skipped(dist, notes)
-        tu.seed_everything(cfg.seed)
+        report_skipped(dist, notes)
+        seed_everything(cfg.seed)
         model = build_model(cfg, task, classes).to(device)
         if cfg.freeze_frontend:
             freeze_frontend(model)
-        optimizer = torch.optim.Adam(tu.parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, tu.WarmupDecay(cfg.warmup_steps, None))
+        optimizer = torch.optim.Adam(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupDecay(cfg.warmup_steps, None))
         metric = "accuracy" if task == "classify" else "map"
         training_info = {"task": task, "data": str(cfg.data), "crop_s": cfg.crop_s, "window_s": cfg.window_s,
                          "hop_s": cfg.hop_s, "unknown_label": cfg.unknown_label, "seed": cfg.seed}
@@ -330,22 +310,22 @@ def train(cfg: TrainConfig) -> dict:
                 scores, targets, loss = window_batches(model, loader, run)
                 return {"loss": loss, "map": detection_scores(scores, targets, classes)["map"]}
 
-        loop = tu.LoopConfig(out=cfg.out, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+        loop = LoopConfig(out=cfg.out, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                              max_steps=cfg.max_steps, workers=cfg.workers, grad_clip=cfg.grad_clip,
                              metric=metric if valid_set is not None else None, resume=cfg.resume)
-        tu.echo(dist, f"bmamba train: {task}, {len(classes)} classes, {len(train_set)} training items, "
+        echo(dist, f"bmamba train: {task}, {len(classes)} classes, {len(train_set)} training items, "
                       f"{len(valid_set) if valid_set is not None else 0} validation items, "
-                      f"{model.num_parameters():,} parameters, {device}, amp {tu.amp_name(run.amp)}, "
+                      f"{model.num_parameters():,} parameters, {device}, amp {amp_name(run.amp)}, "
                       f"{dist.world_size} process(es)")
         started = time.time()
-        state = tu.fit(run, loop, model, optimizer, scheduler, train_set, collate_padded,
+        state = fit(run, loop, model, optimizer, scheduler, train_set, collate_padded,
                        classification_loss if task == "classify" else detection_loss,
                        save, load, validate, train_mode,
                        items_per_batch=lambda b: float(b["lengths"].sum()) / 16000.0)
-        return {"out": str(cfg.out), "last": str(cfg.out / tu.LAST),
-                "best": str(cfg.out / tu.BEST) if state.best_epoch else None,
+        return {"out": str(cfg.out), "last": str(cfg.out / LAST),
+                "best": str(cfg.out / BEST) if state.best_epoch else None,
                 "metric": metric, "best_metric": state.best_metric, "best_epoch": state.best_epoch,
                 "epochs": state.epoch, "steps": state.global_step, "seconds": time.time() - started,
                 "notes": notes}
     finally:
-        tu.teardown_distributed(dist)
+        teardown_distributed(dist)

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .audio import AUDIO_EXTENSIONS, AudioError, audio_info, iter_audio, read_audio
-from .data import (
+from ..audio import AUDIO_EXTENSIONS, AudioError, audio_info, iter_audio, read_audio
+from ..data import (
     ClassificationDataset,
     DetectionDataset,
     class_index,
@@ -41,7 +41,8 @@ from .data import (
     read_annotations,
     read_beans_jsonl,
 )
-from .metrics import (
+from ..loading import load_model_from
+from ..metrics import (
     accuracy,
     average_precision,
     confusion_matrix,
@@ -52,7 +53,8 @@ from .metrics import (
     plot_precision_recall,
     prf_from_counts,
 )
-from .trainutil import Distributed, Run, load_model_from, select_amp, select_device
+from .devices import Distributed, select_amp, select_device
+from .loop import Run
 
 TASKS = ("classify", "detect")
 
@@ -225,7 +227,7 @@ def event_scores(model, recordings, classes: Sequence[str], *, unknown_label: st
                  onset_tolerance_s: float, threshold: float, min_duration_s: float,
                  merge_gap_s: float) -> dict:
     """Event P/R/F1 over all recordings (counts summed), overall and per class."""
-    from .runtime.events import detect_events
+    from ..runtime.events import detect_events
 
     counts = {name: [0, 0, 0] for name in classes}
     for path, _length, events in recordings:

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .streaming import CONTEXT, HOP
+from ..streaming import CONTEXT, HOP
 
 SAMPLE_RATE = 16000
 FRAME_LENGTH = 400  # 25 ms

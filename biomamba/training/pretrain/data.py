@@ -1,0 +1,65 @@
+"""Pre-training data: crops of recordings with their frame labels, and their batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ...audio import SAMPLE_RATE, audio_info, read_audio
+from ...streaming import CONTEXT, HOP
+
+IGNORE = -100  # label of padded frames
+
+
+class PretrainDataset(Dataset):
+    """Crops of recordings with their frame labels.
+
+    A recording of F label frames gives max(1, F // crop_frames) items; each item is a random
+    crop of crop_frames frames (the whole recording when shorter), drawn from (seed, epoch, item).
+    Items: (audio float32 [80 + 320 T]: the crop with its 80 samples of left context, zeros at the
+    recording's start and past its end; labels int64 [T]).
+    """
+
+    def __init__(self, files: Sequence[Path], label_files: Sequence[Path], crop_s: float, seed: int = 0):
+        self.files, self.label_files = list(files), list(label_files)
+        self.frames = [int(np.load(p, mmap_mode="r").shape[0]) for p in self.label_files]
+        self.durations = [audio_info(f).duration_s for f in self.files]
+        self.crop = max(1, int(round(crop_s * SAMPLE_RATE / HOP)))
+        self.items = [i for i, n in enumerate(self.frames) for _ in range(max(1, n // self.crop))]
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.items[index]
+        total = self.frames[f]
+        n = min(total, self.crop)
+        start = int(np.random.default_rng((self.seed, self.epoch, index)).integers(0, total - n + 1))
+        begin, end = start * HOP - CONTEXT, (start + n) * HOP
+        offset = max(begin, 0) / SAMPLE_RATE
+        duration = None if end / SAMPLE_RATE >= self.durations[f] else end / SAMPLE_RATE - offset
+        audio = read_audio(self.files[f], offset_s=offset, duration_s=duration)[: end - max(begin, 0)]
+        out = np.zeros(CONTEXT + n * HOP, np.float32)
+        out[max(0, -begin) : max(0, -begin) + len(audio)] = audio
+        labels = np.asarray(np.load(self.label_files[f], mmap_mode="r")[start : start + n], dtype=np.int64)
+        return torch.from_numpy(out), torch.from_numpy(labels)
+
+
+def collate_pretrain(batch) -> dict[str, torch.Tensor]:
+    """-> {"audio" [B, 80 + 320 T_max], "labels" [B, T_max] (IGNORE past each end), "frame_lengths" [B]}."""
+    t_max = max(len(labels) for _, labels in batch)
+    audio = torch.zeros(len(batch), CONTEXT + t_max * HOP)
+    labels = torch.full((len(batch), t_max), IGNORE, dtype=torch.int64)
+    for b, (a, y) in enumerate(batch):
+        audio[b, : len(a)] = a
+        labels[b, : len(y)] = y
+    return {"audio": audio, "labels": labels,
+            "frame_lengths": torch.tensor([len(y) for _, y in batch], dtype=torch.int64)}
