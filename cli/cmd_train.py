@@ -17,6 +17,10 @@ def register(app: typer.Typer) -> None:
                                               "a BEANS JSONL, or a folder of recordings with Raven tables (detect)."),
         task: str = typer.Option(None, help="classify or detect (default: from the data)."),
         valid: Path = typer.Option(None, help="Validation data, same kinds as DATA."),
+        split: str = typer.Option(None, help="Classify CSV: train on the rows whose `split` column holds "
+                                             "this value (e.g. train)."),
+        valid_split: str = typer.Option(None, help="Classify CSV: validate on the rows of --valid (default: "
+                                                   "DATA) whose `split` column holds this value."),
         valid_fraction: float = typer.Option(0.2, help="Without --valid: the fraction of recordings held "
                                                        "out for validation (seeded; 0: none)."),
         preset: str = typer.Option("base", help="Model size: tiny, edge or base (ignored with --init)."),
@@ -81,7 +85,8 @@ def register(app: typer.Typer) -> None:
             crop_s = None if crop.strip().lower() == "none" else parse_duration(crop)
             snr_db = _pair(background_snr, "--background-snr")
             gain_db = _pair(gain, "--gain") if gain else None
-            cfg = TrainConfig(data=data, task=task, valid=valid, valid_fraction=valid_fraction, preset=preset,
+            cfg = TrainConfig(data=data, task=task, valid=valid, valid_fraction=valid_fraction, split=split,
+                              valid_split=valid_split, preset=preset,
                               architecture=architecture, init=init, freeze_frontend=freeze_frontend,
                               pooling=pooling, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                               weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip or None,

@@ -354,6 +354,31 @@ def test_train_from_beans_listings(tmp_path):
     assert result["metric"] == "map" and json.loads((tmp_path / "d" / "args.json").read_text())["task"] == "detect"
 
 
+def test_split_column_selects_train_and_validation_rows(tmp_path):
+    """Issue 10: a CSV with a `split` column (InsectSet32's files.csv) is read a split at a time by
+    bmamba train (--split, --valid-split) and bmamba eval (--split)."""
+    data = make_class_folder(tmp_path / "clips", per_class=4, seed=3)
+    files = sorted(data.rglob("*.wav"))
+    split_of = {f: ("validation" if f.stem == "0" else "train") for f in files}
+    rows = ["path,label,split"] + [f"clips/{f.parent.name}/{f.name},{f.parent.name},{split_of[f]}" for f in files]
+    listing = tmp_path / "files.csv"
+    listing.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli_app("train", "eval"), [
+        "train", str(listing), "--split", "train", "--valid-split", "validation", "--preset", "tiny",
+        "--epochs", "1", "--batch-size", "4", "--crop", "1s", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "6 training items, 2 validation items" in result.output
+    report = tmp_path / "eval.json"
+    result = CliRunner().invoke(cli_app("train", "eval"), [
+        "eval", str(out), str(listing), "--split", "validation", "--device", "cpu", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["n_items"] == 2
+    result = CliRunner().invoke(cli_app("train", "eval"), [
+        "eval", str(out), str(listing), "--split", "test", "--device", "cpu"])
+    assert result.exit_code != 0 and "no row of split 'test'" in result.output
+
+
 def test_unreadable_files_are_skipped_and_counted(tmp_path):
     data = make_class_folder(tmp_path / "data", per_class=2)
     (data / "low" / "broken.wav").write_bytes(b"RIFF not really a wave file")
