@@ -58,7 +58,11 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("bmamba-pretrain"), help="Run folder: last/, labels/, log.jsonl, args.json."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 on CUDA), bf16, fp16, none."),
-        workers: int = typer.Option(0, help="DataLoader worker processes."),
+        workers: int = typer.Option(None, help="DataLoader worker processes (default: half the cores, at most 4; "
+                                               "0: load in the main process)."),
+        accumulate: int = typer.Option(1, help="Batches per optimizer step (gradient accumulation)."),
+        max_skipped_steps: int = typer.Option(10, help="Steps with a non-finite loss or gradient are skipped; "
+                                                       "the run stops after more than this many."),
         seed: int = typer.Option(0, help="Seed of initialisation, k-means, crops and masks."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last/ checkpoint."),
     ) -> None:
@@ -87,7 +91,8 @@ def register(app: typer.Typer) -> None:
                 lr=lr, warmup_fraction=warmup, weight_decay=weight_decay, grad_clip=grad_clip or None,
                 save_every=save_every or None, kmeans_fraction=kmeans_fraction, kmeans_batch=kmeans_batch,
                 kmeans_init=kmeans_init, teacher_chunk_s=parse_duration(teacher_chunk), labels_only=labels_only,
-                device=device, amp=amp, workers=workers, seed=seed, resume=resume)
+                device=device, amp=amp, workers=workers, accumulate=accumulate,
+                max_skipped_steps=max_skipped_steps, seed=seed, resume=resume)
             check_options(cfg)
         except ValueError as e:
             fail(str(e), usage=True)

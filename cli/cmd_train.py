@@ -52,7 +52,12 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("bmamba-train"), help="Run folder: last/, best/, log.jsonl, args.json."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 on CUDA), bf16, fp16, none."),
-        workers: int = typer.Option(0, help="DataLoader worker processes."),
+        workers: int = typer.Option(None, help="DataLoader worker processes (default: half the cores, at most 4; "
+                                               "0: load in the main process)."),
+        accumulate: int = typer.Option(1, help="Batches per optimizer step (gradient accumulation): "
+                                               "--batch-size 16 --accumulate 4 trains like batch 64."),
+        max_skipped_steps: int = typer.Option(10, help="Steps with a non-finite loss or gradient are skipped; "
+                                                       "the run stops after more than this many."),
         seed: int = typer.Option(0, help="Seed of initialisation, data order, crops and the validation split."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last/ checkpoint."),
     ) -> None:
@@ -94,7 +99,8 @@ def register(app: typer.Typer) -> None:
                               unknown_label=unknown_label, label_column=label_column, gain_db=gain_db,
                               backgrounds=tuple(backgrounds), background_snr_db=snr_db,
                               background_prob=background_prob, out=out, device=device,
-                              amp=amp, workers=workers, seed=seed, resume=resume)
+                              amp=amp, workers=workers, accumulate=accumulate,
+                              max_skipped_steps=max_skipped_steps, seed=seed, resume=resume)
             check_options(cfg)
         except ValueError as e:
             fail(str(e), usage=True)

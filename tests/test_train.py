@@ -253,7 +253,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     runner = CliRunner()
     result = runner.invoke(cli_app("train"), [
         "train", str(data), "--preset", "tiny", "--epochs", "2", "--batch-size", "2", "--lr", "3e-3",
-        "--crop", "1s", "--out", str(out), "--device", "cpu", "--resume"])
+        "--crop", "1s", "--out", str(out), "--device", "cpu", "--resume", "--max-skipped-steps", "0"])
     assert result.exit_code == 1
     message = result.output.strip().splitlines()[-1]
     assert "loss became nan at epoch 2, step 2 of the epoch" in message and str(out / LAST) in message
@@ -268,7 +268,7 @@ def test_nan_raises_training_error_in_library(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "classification_loss",
                         lambda net, batch, state: (torch.tensor(float("inf"), requires_grad=True), {}))
     with pytest.raises(TrainingError, match="epoch 1, step 1"):
-        train(tiny_config(data, tmp_path / "run", epochs=1))
+        train(tiny_config(data, tmp_path / "run", epochs=1, max_skipped_steps=0))
     assert not (tmp_path / "run" / LAST).exists()
 
 

@@ -60,7 +60,15 @@ from .evaluate import (
     infer_task,
     window_batches,
 )
-from .loop import LoopConfig, Run, WarmupDecay, fit, parameter_groups, seed_everything
+from .loop import (
+    LoopConfig,
+    Run,
+    WarmupDecay,
+    default_workers,
+    fit,
+    parameter_groups,
+    seed_everything,
+)
 from .runs import check_choice, prepare_out
 
 # args.json keys that must not change when a run is resumed
@@ -104,7 +112,9 @@ class TrainConfig:
     background_prob: float = 0.5
     device: str = "auto"
     amp: str = "auto"
-    workers: int = 0
+    workers: int | None = None           # None: loop.default_workers()
+    accumulate: int = 1                  # batches per optimizer step
+    max_skipped_steps: int = 10          # non-finite steps skipped before the run stops
     seed: int = 0
     resume: bool = False
 
@@ -262,6 +272,8 @@ def check_options(cfg: TrainConfig) -> None:
     check_choice("--pooling", cfg.pooling, ("mean", "attention"))
     check_choice("--amp", cfg.amp, AMP_CHOICES)
     check_choice("--preset", cfg.preset, tuple(PRESETS))
+    if cfg.accumulate < 1 or cfg.max_skipped_steps < 0:
+        raise ValueError("--accumulate must be >= 1 and --max-skipped-steps >= 0")
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
         raise ValueError("--batch-size, --epochs and --lr must be positive")
     if not 0 <= cfg.valid_fraction < 1:
@@ -309,7 +321,7 @@ def train(cfg: TrainConfig) -> dict:
         validate = None
         if valid_set is not None:
             loader = DataLoader(valid_set, batch_size=cfg.batch_size, collate_fn=collate_padded,
-                                num_workers=cfg.workers)
+                                num_workers=default_workers() if cfg.workers is None else cfg.workers)
 
             def validate() -> dict:
                 if task == "classify":
@@ -321,6 +333,7 @@ def train(cfg: TrainConfig) -> dict:
 
         loop = LoopConfig(out=cfg.out, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                              max_steps=cfg.max_steps, workers=cfg.workers, grad_clip=cfg.grad_clip,
+                             accumulate=cfg.accumulate, max_skipped_steps=cfg.max_skipped_steps,
                              metric=metric if valid_set is not None else None, resume=cfg.resume)
         echo(dist, f"bmamba train: {task}, {len(classes)} classes, {len(train_set)} training items, "
                       f"{len(valid_set) if valid_set is not None else 0} validation items, "

@@ -84,7 +84,9 @@ class PretrainConfig:
     labels_only: bool = False
     device: str = "auto"
     amp: str = "auto"
-    workers: int = 0
+    workers: int | None = None           # None: loop.default_workers()
+    accumulate: int = 1                  # batches per optimizer step
+    max_skipped_steps: int = 10          # non-finite steps skipped before the run stops
     seed: int = 0
     resume: bool = False
 
@@ -246,6 +248,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         loop = LoopConfig(out=cfg.out, epochs=math.ceil(cfg.steps / batches_per_epoch),
                              batch_size=cfg.batch_size, seed=cfg.seed, max_steps=cfg.steps, workers=cfg.workers,
                              grad_clip=cfg.grad_clip, save_every=cfg.save_every, resume=cfg.resume,
+                             accumulate=cfg.accumulate, max_skipped_steps=cfg.max_skipped_steps,
                              what="pretrain")
         echo(dist, f"bmamba pretrain: phase {cfg.phase}, recipe {recipe}, {type(encoder).__name__} "
                       f"{encoder.num_parameters():,} parameters, {len(files)} recordings, {len(dataset)} crops "
