@@ -30,3 +30,14 @@ def test_describe_model_by_name():
     manifest, folder, name = describe_model("default", "onnxruntime")
     assert name == "default" and folder.resolve() == default_model_dir().resolve()
     assert manifest.task == "detect"
+
+
+def test_insectset32_model_is_shipped_with_card_and_licence():
+    manifest, folder, name = describe_model("insectset32", "onnxruntime")
+    assert name == "insectset32" and manifest.task == "classify" and len(manifest.classes) == 32
+    card = (folder / "README.md").read_text()
+    licence = (folder / "LICENSE").read_text()
+    assert all(c in card for c in manifest.classes)
+    assert "CC BY 4.0" in licence and "Faiss" in licence and "Stowell" in licence
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size < 6 * 2**20
