@@ -51,32 +51,23 @@ mkdir -p "$WORK/eval" "$WORK/speed"
 . "$REPO/recipes/timed.sh"
 cd "$REPO"
 
-# The splits as BEANS CSVs (path,label; absolute paths): files.csv's `split` column selects the
-# rows, its 4 `unlisted` rows are used nowhere.
-for split in train validation; do
-  "$PYTHON" - "$DATA" "$split" "$WORK/$split.csv" <<'EOF'
-import csv, sys
-from pathlib import Path
-src, split, out = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-with open(src, newline="") as f, open(out, "w", newline="") as g:
-    w = csv.writer(g)
-    w.writerow(["path", "label"])
-    for row in csv.DictReader(f):
-        if row["split"] == split:
-            w.writerow([str((src.parent / row["path"]).resolve()), row["label"]])
-EOF
-done
-mapfile -t VALID_AUDIO < <(tail -n +2 "$WORK/validation.csv" | cut -d, -f1)
+# files.csv is a BEANS CSV with a `split` column: --split / --valid-split select its rows (its 4
+# `unlisted` rows are used nowhere). The validation recordings, for timing `bmamba detect`:
+listing() {
+  "$PYTHON" -c 'import sys; from biomamba.data import read_beans_csv
+print("\n".join(str(p) for p, _ in read_beans_csv(sys.argv[1], split=sys.argv[2])))' "$DATA" "$1"
+}
+mapfile -t VALID_AUDIO < <(listing validation)
 
 # finetune NAME SEED [train options...]: train, evaluate whole validation recordings, and (BioMamba)
 # export and time the exported model once per NAME.
 finetune() {
   local name=$1 seed=$2; shift 2
   local run="$WORK/ft/$name/seed$seed"
-  timed "train-$name-seed$seed" $BMAMBA train "$WORK/train.csv" --valid "$WORK/validation.csv" \
+  timed "train-$name-seed$seed" $BMAMBA train "$DATA" --split train --valid-split validation \
       --epochs "$EPOCHS" --batch-size "$BATCH" --lr "$LR" --crop "$CROP" --seed "$seed" \
       --device "$DEVICE" --out "$run" "$@"
-  timed "eval-$name-seed$seed" $BMAMBA eval "$run/best" "$WORK/validation.csv" --device "$DEVICE" \
+  timed "eval-$name-seed$seed" $BMAMBA eval "$run/best" "$DATA" --split validation --device "$DEVICE" \
       --report "$WORK/eval/$name-seed$seed.json"
   if [[ $name == biomamba-* ]]; then
     timed "export-$name-seed$seed" $BMAMBA export "$run/best" --out "$WORK/export/$name-seed$seed" \
@@ -100,7 +91,7 @@ done
 #    InsectSet32 train plus recipes/layout.py's pre-training list (maad soundscape, oss field recordings).
 if [[ -n $RECIPES ]]; then
   "$PYTHON" recipes/layout.py pretrain "$WORK"
-  mapfile -t PT_AUDIO < <(cat "$WORK/pretrain_audio.txt"; tail -n +2 "$WORK/train.csv" | cut -d, -f1)
+  mapfile -t PT_AUDIO < <(cat "$WORK/pretrain_audio.txt"; listing train)
   for size in $SIZES; do
     PT_COMMON=(--preset "$size" --steps "$PT_STEPS" --batch-size "$PT_BATCH" --seed 0 --device "$DEVICE")
     for recipe in $RECIPES; do
