@@ -28,7 +28,8 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-/work/runs/insectset32}
 BMAMBA=${BMAMBA:-bmamba}
 PYTHON=${PYTHON:-python}
-DATA=${DATA:-${BMAMBA_REAL_DATA:-$REPO/../shared/data/real}/insectset32/files.csv}
+REAL=${BMAMBA_REAL_DATA:-$REPO/../shared/data/real}   # the real-data root (recipes/layout.py's too)
+DATA=${DATA:-$REAL/insectset32/files.csv}
 
 DEVICE=${DEVICE:-auto}
 SEEDS=${SEEDS:-"0 1 2"}
@@ -40,7 +41,7 @@ BATCH=${BATCH:-16}
 LR=${LR:-1e-3}
 CROP=${CROP:-5s}
 # pre-training (BioMamba recipes; the Transformer gets HuBERT's): empty RECIPES skips it
-RECIPES=${RECIPES:-"bidirectional-teacher"}
+RECIPES=${RECIPES-"bidirectional-teacher"}     # RECIPES= (set, empty) runs none
 PT_STEPS=${PT_STEPS:-2000}
 PT_BATCH=${PT_BATCH:-8}
 RESULTS_NAME=${RESULTS_NAME:-insectset32}
@@ -90,7 +91,7 @@ done
 # 2. Pre-training on every unlabelled recording we have except the validation split (labels unused):
 #    InsectSet32 train plus recipes/layout.py's pre-training list (maad soundscape, oss field recordings).
 if [[ -n $RECIPES ]]; then
-  "$PYTHON" recipes/layout.py pretrain "$WORK"
+  BMAMBA_REAL_DATA=$REAL "$PYTHON" recipes/layout.py pretrain "$WORK"
   mapfile -t PT_AUDIO < <(cat "$WORK/pretrain_audio.txt"; listing train)
   for size in $SIZES; do
     PT_COMMON=(--preset "$size" --steps "$PT_STEPS" --batch-size "$PT_BATCH" --seed 0 --device "$DEVICE")
