@@ -68,7 +68,7 @@ def probe(checkpoint: Path, train: Path, valid: Path, c: float = 1.0) -> dict:
     import torch
 
     from biomamba.data import read_beans_csv
-    from biomamba.model import load_model
+    from biomamba.loading import load_model
 
     torch.manual_seed(0)
     folder = checkpoint_folder(checkpoint)
