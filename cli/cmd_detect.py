@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         from biomamba.runtime.durations import DurationError, parse_duration
         from biomamba.runtime.journal import Journal, JournalError, journal_folder
         from biomamba.runtime.manifest import ManifestError
-        from biomamba.runtime.models import describe_model, model_line, resolve_model
+        from biomamba.runtime.models import describe_model, model_folder, model_line
         from biomamba.runtime.writers import (
             COMBINED_FORMATS,
             parse_formats,
@@ -132,7 +132,7 @@ def register(app: typer.Typer) -> None:
         try:
             manifest, folder, name = describe_model(model, backend)
         except ManifestError as e:   # bad usage if the named path does not exist; else a failed run
-            fail(str(e), usage=model is not None and not resolve_model(model).exists())
+            fail(str(e), usage=model is not None and not model_folder(model).exists())
         problem = config.class_problem(manifest.classes)
         if problem:
             fail(f"{'--classes ' + str(classes) if chosen else '--threshold'}: {problem}", usage=True)

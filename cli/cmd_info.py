@@ -27,9 +27,9 @@ def register(app: typer.Typer) -> None:
         if model is None:
             fail("name a model: a folder, or a built-in model (`bmamba models` lists them)", usage=True)
         from biomamba.info import InfoError, describe
-        from biomamba.runtime.models import builtin_models, demonstration_note, resolve_model
+        from biomamba.runtime.models import builtin_models, demonstration_note, model_folder
 
-        folder = resolve_model(model)
+        folder = model_folder(model)
         if not folder.exists():
             fail(f"{model}: no such file, folder or built-in model (built-in: "
                  f"{', '.join(builtin_models()) or 'none'})", usage=True)

@@ -39,15 +39,6 @@ def builtin_models() -> dict[str, Path]:
     return {f.name: f for f in sorted(root.iterdir()) if (f / MANIFEST).is_file()}
 
 
-def resolve_model(path: str | os.PathLike) -> Path:
-    """path itself when it exists, else the built-in model of that name, else path (unchanged,
-    so that the caller says it does not exist)."""
-    path = Path(path)
-    if not path.exists() and str(path) in builtin_models():
-        return builtin_models()[str(path)]
-    return path
-
-
 def demonstration_note(folder: Path) -> str | None:
     """The model card's "demonstration" note of model.json in folder, or None (not marked, or no
     readable model.json)."""
@@ -79,6 +70,17 @@ def model_line(name: str, folder: Path, task: str, classes, reported) -> str:
     return "; ".join(parts)
 
 
+def model_folder(name_or_path: str | os.PathLike) -> Path:
+    """The folder a ``--model``/checkpoint argument names: an existing path as given, else a model
+    shipped in the package by name (``insectset32`` -> ``biomamba/models/insectset32``), else the
+    path as given (for the caller to report as missing)."""
+    path = Path(name_or_path)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    shipped = models_root() / path.name
+    return shipped if (shipped / MANIFEST).is_file() else path
+
+
 def default_model_dir() -> Path:
     """The export folder shipped inside the package (``biomamba/models/default``)."""
     folder = models_root() / DEFAULT_MODEL
@@ -103,8 +105,8 @@ class CheckpointModel:
 
 def describe_model(path: str | os.PathLike | None, backend: str):
     """(manifest-like description, folder, display name) of --model: a folder, a built-in model's
-    name (`builtin_models`), or None (the shipped default)."""
-    folder = default_model_dir() if path is None else resolve_model(path)
+    name (`model_folder`), or None (the shipped default)."""
+    folder = default_model_dir() if path is None else model_folder(path)
     if not folder.exists():
         known = ", ".join(builtin_models()) or "none"
         raise ManifestError(folder, f"no such model folder (built-in models: {known})")
