@@ -22,8 +22,16 @@ def register(app: typer.Typer) -> None:
         model: Path = typer.Option(None, help="Exported model folder (default: the model shipped with bmamba)."),
         chunk: str = typer.Option("30s", help="Audio per model call: 30s, 2m, or plain seconds."),
         backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt or torch."),
-        threshold: float = typer.Option(None, help="Detection threshold (default: the model's, usually 0.5)."),
-        fmt: str = typer.Option("raven", "--format", help="raven, csv, json or audacity."),
+        threshold: list[str] = typer.Option(
+            None, help="Detection threshold: 0.6 (every class), \"CLASS=0.8\" (one class), or a file of "
+                       "CLASS<TAB>NUMBER lines; repeat it to combine (default: the model's, usually 0.5)."),
+        classes: Path = typer.Option(None, "--classes", help="File of class names, one per line: report only "
+                                                             "these (default: all but 'background')."),
+        min_score: float = typer.Option(None, help="Leave out events whose score (largest frame "
+                                                   "probability) is below this."),
+        fmt: str = typer.Option("raven", "--format", help="raven, csv, json or audacity; several: raven,csv."),
+        combine: bool = typer.Option(False, "--combine", help="Also write one table for the whole run: "
+                                     "OUT/bmamba.combined.<ext> (raven, csv, json)."),
         out: Path = typer.Option(None, help="Output folder (default: next to each recording)."),
         resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip recordings a previous run finished."),
         parity: bool = typer.Option(False, help="Also run the PyTorch model and report the agreement."),
@@ -38,19 +46,22 @@ def register(app: typer.Typer) -> None:
                                         "$BMAMBA_TRT_PLUGIN, else the one installed with bmamba)."),
         batch: int = typer.Option(None, min=1, help="Recordings run together, their chunks batched "
                                                     "(default: 8 on a GPU backend, 1 on a CPU)."),
-        journal: Path = typer.Option(None, help="Resume journal (default: OUT/.bmamba-journal.jsonl or ./ without --out)."),
+        journal: Path = typer.Option(None, help="Resume journal (default: OUT/.bmamba-journal.jsonl; without "
+                                                "--out, in the folder holding all the outputs)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Detect events in recordings of any length, chunk by chunk with carried state.
 
         Writes <stem>.bmamba.<ext> per recording (under --out: mirroring the input folders' layout);
         a recording with nothing found still gets an (empty) table. Each failure is printed when it
-        happens. SIGINT/SIGTERM: the current recording's output is dropped, the journal and the
-        summary (and --report) are written. Exit status: 0 all processed, 1 some failed,
-        2 bad usage, 130/143 stopped by SIGINT/SIGTERM.
+        happens. Starts with one line naming the model and its classes (and whether it is a
+        demonstration model); ends with events per class. Raven tables: Score is the event's largest
+        frame probability. SIGINT/SIGTERM: the current recording's output is dropped, the journal
+        and the summary (and --report) are written. Exit status: 0 all processed, 1 some failed
+        (or the model cannot be used), 2 bad usage, 130/143 stopped by SIGINT/SIGTERM.
         """
         from biomamba.audio import find_audio_with_roots
-        from biomamba.runtime.backends import BackendError, open_backend
+        from biomamba.runtime.backends import BACKENDS, BackendError, open_backend
         from biomamba.runtime.detect import (
             JOURNAL_NAME,
             DetectConfig,
@@ -62,21 +73,33 @@ def register(app: typer.Typer) -> None:
             run,
         )
         from biomamba.runtime.durations import DurationError, parse_duration
-        from biomamba.runtime.journal import Journal, JournalError
+        from biomamba.runtime.journal import Journal, JournalError, journal_folder
         from biomamba.runtime.manifest import ManifestError
-        from biomamba.runtime.models import describe_model
-        from biomamba.runtime.writers import FORMATS, remove_stale_temps
+        from biomamba.runtime.models import describe_model, model_folder, model_line
+        from biomamba.runtime.writers import (
+            COMBINED_FORMATS,
+            parse_formats,
+            remove_stale_temps,
+            sibling_path,
+        )
 
         try:
             chunk_s = parse_duration(chunk, name="--chunk")
             window_s = parse_duration(window, name="--window")
         except DurationError as e:
             fail(str(e), usage=True)
-        if fmt not in FORMATS:
-            fail(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}", usage=True)
-        config = DetectConfig(chunk_s=chunk_s, threshold=threshold, threshold_off=threshold_off,
+        if backend not in BACKENDS:   # a bad choice is bad usage; a backend that cannot start, a failed run
+            fail(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}", usage=True)
+        try:
+            fmts = parse_formats(fmt)
+        except ValueError as e:
+            fail(str(e), usage=True)
+        overall, per_class = _parse_thresholds(threshold)
+        chosen = _read_classes(classes) if classes is not None else None
+        config = DetectConfig(chunk_s=chunk_s, threshold=overall, threshold_off=threshold_off,
                               min_duration_s=min_duration, merge_gap_s=merge_gap, window_s=window_s,
-                              fmt=fmt, out_dir=out, channel=channel)
+                              fmt=fmts[0], out_dir=out, channel=channel, more_formats=fmts[1:],
+                              class_thresholds=per_class, classes=chosen, min_score=min_score)
         try:
             config.check()
         except ValueError as e:
@@ -96,7 +119,7 @@ def register(app: typer.Typer) -> None:
         for item, why in problems:   # named now, counted as failures in the summary
             typer.secho(f"bmamba: failed: {item}: {why}", err=True, fg=typer.colors.RED)
         try:
-            outputs = plan_outputs(found, out, fmt)
+            outputs = plan_outputs(found, out, fmts[0])
         except ValueError as e:
             fail(str(e), usage=True)
         files = [path for path, _ in found]
@@ -108,12 +131,20 @@ def register(app: typer.Typer) -> None:
 
         try:
             manifest, folder, name = describe_model(model, backend)
+        except ManifestError as e:   # bad usage if the named path does not exist; else a failed run
+            fail(str(e), usage=model is not None and not model_folder(model).exists())
+        problem = config.class_problem(manifest.classes)
+        if problem:
+            fail(f"{'--classes ' + str(classes) if chosen else '--threshold'}: {problem}", usage=True)
+        try:
             engine = open_backend(folder, backend, threads=threads, plugin_lib=plugin_lib)
             reference = open_backend(folder, "torch") if parity else None
             detector = Detector(engine, manifest, config, reference=reference, model_name=name)
             detector.check()   # model and option problems: once, before the first recording
         except (ManifestError, BackendError, ValueError) as e:
-            fail(str(e), usage=True)
+            fail(str(e))
+        typer.echo("bmamba: " + model_line(name, folder, manifest.task, manifest.classes, detector.reported),
+                   err=True)
         batch = batch or default_batch(engine)
         if batch > 1 and (parity or backend == "torch"):
             fail("--batch needs the onnxruntime or tensorrt backend and no --parity", usage=True)
@@ -122,12 +153,12 @@ def register(app: typer.Typer) -> None:
         if resume:
             from biomamba.runtime.detect import journal_settings
 
-            path = journal or (out or Path.cwd()) / JOURNAL_NAME
+            path = journal or (out or journal_folder(outputs.values())) / JOURNAL_NAME
             try:
                 journal_obj = Journal(path, journal_settings(manifest, config))
             except JournalError as e:
                 fail(str(e), usage=True)
-        removed = remove_stale_temps(outputs.values())
+        removed = remove_stale_temps(sibling_path(o, fmts[0], f) for o in outputs.values() for f in fmts)
         if removed:
             typer.echo(f"bmamba: removed {len(removed)} unfinished temporary file(s) left by a stopped "
                        f"run, e.g. {removed[0]}", err=True)
@@ -153,11 +184,148 @@ def register(app: typer.Typer) -> None:
         result = summary.to_dict()
         if summary.aborted:
             typer.secho(f"bmamba: error: {summary.aborted}", err=True, fg=typer.colors.RED)
+        done = [(r.path, r.output, r.audio_s) for r in summary.results if r.status in ("ok", "skipped")]
+        result["classes"] = _class_summary(done, config.fmt)
+        result["combined"] = _combine(done, config.formats, out or journal_folder(outputs.values())) \
+            if combine else {}
         _print_summary(result)
+        _print_classes(result["classes"], len(done))
         _write_report(report, result)
         if stopped.signum is not None:
             raise typer.Exit(128 + stopped.signum)
-        raise typer.Exit(1 if result["failed"] or summary.aborted else 0)
+        combine_failed = combine and len(result["combined"]) < len(set(fmts) & set(COMBINED_FORMATS))
+        raise typer.Exit(1 if result["failed"] or summary.aborted or combine_failed else 0)
+
+
+def _parse_thresholds(values: list[str] | None) -> tuple[float | None, dict[str, float]]:
+    """--threshold values -> (the threshold of every class or None, {class: threshold}).
+    Each value: a number, CLASS=NUMBER, or a file of CLASS<TAB>NUMBER (or CLASS,NUMBER) lines;
+    later values win. Bounds are checked with the other options (`DetectConfig.check`)."""
+    overall, per_class = None, {}
+    for value in values or []:
+        if "=" in value:
+            name, _, number = value.rpartition("=")
+            per_class[name.strip()] = _number(number, f"--threshold {value!r}")
+        elif _is_number(value):
+            overall = float(value)
+        elif Path(value).is_file():
+            per_class.update(_read_threshold_file(Path(value)))
+        else:
+            fail(f"--threshold {value!r}: give a number (0.6), \"CLASS=NUMBER\", or a file of "
+                 "CLASS<TAB>NUMBER lines (no such file)", usage=True)
+    return overall, per_class
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _number(text: str, where: str) -> float:
+    if not _is_number(text.strip()):
+        fail(f"{where}: {text.strip()!r} is not a number", usage=True)
+    return float(text)
+
+
+def _read_lines(path: Path, option: str) -> list[tuple[int, str]]:
+    """(line number, text) of the non-empty lines of a small text file that are not # comments."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        fail(f"{option} {path}: no such file", usage=True)
+    except (OSError, UnicodeDecodeError) as e:
+        fail(f"{option} {path}: cannot read it ({getattr(e, 'strerror', None) or e})")
+    return [(i, line.strip()) for i, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _read_threshold_file(path: Path) -> dict[str, float]:
+    out = {}
+    for number, line in _read_lines(path, "--threshold"):
+        sep = "\t" if "\t" in line else ","
+        name, found, value = line.rpartition(sep)
+        if not found or not name.strip():
+            fail(f"--threshold {path}, line {number}: {line!r} is not CLASS<TAB>NUMBER", usage=True)
+        out[name.strip()] = _number(value, f"--threshold {path}, line {number}")
+    return out
+
+
+def _read_classes(path: Path) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(line for _, line in _read_lines(path, "--classes")))
+    if not names:
+        fail(f"--classes {path}: the file names no class (one class per line)", usage=True)
+    return names
+
+
+def _class_summary(done, fmt: str) -> list[dict]:
+    """Per class over the recordings done (this run's and those an earlier run did), read back
+    from their tables, so that a resumed run's summary counts every recording."""
+    from biomamba.runtime.events import ClassSummary
+    from biomamba.runtime.writers import read_events
+
+    summary = ClassSummary()
+    for _, table, _ in done:
+        try:
+            summary.add_recording(read_events(table, fmt))
+        except (OSError, ValueError, KeyError) as e:
+            typer.secho(f"bmamba: warning: {table}: not counted in the summary ({e})", err=True,
+                        fg=typer.colors.YELLOW)
+    return summary.rows()
+
+
+def _combine(done, fmts: tuple[str, ...], folder: Path) -> dict[str, str]:
+    """The run's combined tables (`write_combined`), one per format but audacity; {format: path}."""
+    from biomamba.audio import AudioError, audio_info
+    from biomamba.runtime.writers import (
+        COMBINED_FORMATS,
+        OutputError,
+        combined_path,
+        sibling_path,
+        write_combined,
+    )
+
+    durations = []
+    for recording, _, audio_s in done:
+        try:
+            durations.append(audio_info(recording).duration_s)
+        except AudioError:
+            durations.append(audio_s)
+    written = {}
+    for fmt in fmts:
+        if fmt not in COMBINED_FORMATS:
+            typer.echo(f"bmamba: --combine: no combined {fmt} file (an Audacity label track belongs to "
+                       "one recording)", err=True)
+            continue
+        path = combined_path(folder, fmt)
+        tables = [(rec, sibling_path(table, fmts[0], fmt), d) for (rec, table, _), d in zip(done, durations)]
+        try:
+            events = write_combined(path, fmt, tables)
+        except (OutputError, OSError, ValueError, KeyError) as e:
+            typer.secho(f"bmamba: error: --combine: {e}", err=True, fg=typer.colors.RED)
+            continue
+        typer.echo(f"bmamba: combined table: {path} ({events} events, {len(tables)} recordings)", err=True)
+        written[fmt] = str(path)
+    return written
+
+
+def _print_classes(rows: list[dict], recordings: int) -> None:
+    """Events per class, as a table on stderr (stdout stays free for pipes)."""
+    if not rows:
+        typer.echo(f"bmamba detect: no events in {recordings} recording(s)", err=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"events per class, {recordings} recording(s)")
+    for name, justify in (("class", "left"), ("events", "right"), ("total duration", "right"),
+                          ("recordings", "right")):
+        table.add_column(name, justify=justify)
+    for row in rows:
+        table.add_row(row["class"], str(row["events"]), f"{row['duration_s']:.1f} s", str(row["recordings"]))
+    Console(stderr=True, width=max(100, len(max((r["class"] for r in rows), key=len)) + 50)).print(table)
 
 
 class _StopOnSignal:

@@ -32,13 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from biomamba.audio import AudioError, audio_info, iter_audio
+from biomamba.data.layout import BACKGROUND_CLASS
 from biomamba.metrics import prf_from_counts
 from biomamba.streaming import FRAME_S, HOP, SAMPLE_RATE, StreamRunner
 
 from .events import Event, EventTracker
 from .journal import Journal, JournalError, fingerprint
 from .pooling import WindowPooler
-from .writers import EventFile, OutputError, output_path
+from .writers import EventFiles, OutputError, output_path, sibling_path
 
 JOURNAL_NAME = ".bmamba-journal.jsonl"
 GPU_BATCH = 8          # recordings per call on a GPU backend when --batch is left to choose
@@ -68,12 +69,32 @@ class DetectConfig:
     fmt: str = "raven"
     out_dir: Path | None = None
     channel: int | None = None
+    more_formats: tuple[str, ...] = ()      # written beside the fmt output (--format raven,csv)
+    class_thresholds: dict[str, float] = field(default_factory=dict)   # over threshold, per class
+    classes: tuple[str, ...] | None = None  # reported; None: all but BACKGROUND_CLASS
+    min_score: float | None = None          # events whose score is below it are not reported
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return (self.fmt, *self.more_formats)
+
+    def class_problem(self, model_classes) -> str | None:
+        """Why --classes or a per-class --threshold names no class of the model, or None."""
+        named = list(self.classes or ()) + list(self.class_thresholds)
+        unknown = [c for c in dict.fromkeys(named) if c not in model_classes]
+        if not unknown:
+            return None
+        return (f"the model has no class {', '.join(map(repr, unknown))}; its {len(model_classes)} "
+                f"classes: {', '.join(model_classes)}")
 
     def check(self) -> None:
         """Raises ValueError naming the option for a value no recording can be run with."""
-        for name, value in (("--threshold", self.threshold), ("--threshold-off", self.threshold_off)):
+        for name, value in (("--threshold", self.threshold), ("--threshold-off", self.threshold_off),
+                            *((f"--threshold {c}=", t) for c, t in self.class_thresholds.items())):
             if value is not None and not 0 < value < 1:
                 raise ValueError(f"{name} must be between 0 and 1, not {value}")
+        if self.min_score is not None and not 0 <= self.min_score <= 1:
+            raise ValueError(f"--min-score must be between 0 and 1, not {self.min_score}")
         for name, value in (("--min-duration", self.min_duration_s), ("--merge-gap", self.merge_gap_s)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value}")
@@ -195,6 +216,9 @@ class Detector:
             self.thresholds = np.full(len(self.classes), config.threshold, np.float32)
         else:
             self.thresholds = np.array([manifest.thresholds.get(c, 0.5) for c in self.classes], np.float32)
+        for i, c in enumerate(self.classes):
+            self.thresholds[i] = config.class_thresholds.get(c, self.thresholds[i])
+        self.reported = reported_classes(self.classes, config.classes)
         self.parity = ParityCounts() if reference is not None else None
         self.stop = threading.Event()   # set (by a signal handler) to end the current recording
         Scorer(manifest.task, config.window_s)   # fails early for an embedding model
@@ -241,8 +265,9 @@ class Detector:
             out = out or output_path(path, self.config.out_dir, self.config.fmt)
             if self.config.out_dir is not None:
                 out.parent.mkdir(parents=True, exist_ok=True)   # the mirrored sub-folder
-            with EventFile(out, self.config.fmt, recording=path, sample_rate=info.sample_rate,
-                           backend=self.backend.name, model=self.model_name) as file:
+            with EventFiles(out, self.config.formats, recording=path, sample_rate=info.sample_rate,
+                            backend=self.backend.name, model=self.model_name,
+                            channel=self.config.channel or 1) as file:
                 audio_s = self._run(path, file, on_audio, warnings, on_warning)
                 file.commit(audio_s)
         except Interrupted:
@@ -259,7 +284,7 @@ class Detector:
         return FileResult(path, "ok", audio_s=audio_s, wall_s=time.perf_counter() - start,
                           events=file.count, output=out, warnings=warnings)
 
-    def _run(self, path: Path, file: EventFile, on_audio, warnings: list[str], on_warning) -> float:
+    def _run(self, path: Path, file: EventFiles, on_audio, warnings: list[str], on_warning) -> float:
         """Streams the recording through the model into file; returns its duration in seconds.
         Events go to the file as they become final: memory does not grow with their number
         (with --parity both event lists are kept, for the F1)."""
@@ -268,9 +293,13 @@ class Detector:
         tracker = self._tracker(scorer.unit_s)
         events: list[Event] = []
 
+        min_score = self.config.min_score or 0.0
+
         def clipped(final: list[Event]) -> list[Event]:
             # Only the zero-padded last frame reaches past the audio read so far: clip to it.
-            return [_clip(e, runner.buffer.samples_in / SAMPLE_RATE) for e in final]
+            # Classes not reported, and scores under --min-score, are left out here.
+            return [_clip(e, runner.buffer.samples_in / SAMPLE_RATE) for e in final
+                    if e.label in self.reported and e.score >= min_score]
 
         def emit(final: list[Event]) -> None:
             final = clipped(final)
@@ -417,15 +446,33 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def reported_classes(model_classes, chosen=None) -> frozenset[str]:
+    """The classes detect reports: chosen (--classes), else all but BACKGROUND_CLASS (a
+    classifier's "none of them" class, trained from BirdNET-style non-event folders)."""
+    return frozenset(chosen) if chosen else frozenset(c for c in model_classes if c != BACKGROUND_CLASS)
+
+
 def journal_settings(manifest, config: DetectConfig) -> dict:
-    """What changes the output files; an entry recorded under other settings does not count."""
-    return {
+    """What changes the output files; an entry recorded under other settings does not count.
+    Settings added since the journal's first version appear only when they change something, so
+    the journals of runs that do not use them stay valid."""
+    settings = {
         "model": manifest.source_sha256, "variant": manifest.variant, "precision": manifest.precision,
         "threshold": config.threshold, "threshold_off": config.threshold_off,
         "min_duration_s": config.min_duration_s, "merge_gap_s": config.merge_gap_s,
         "window_s": config.window_s, "format": config.fmt, "channel": config.channel,
         "out_dir": None if config.out_dir is None else str(Path(config.out_dir).resolve()),
     }
+    if config.more_formats:
+        settings["format"] = ",".join(config.formats)
+    if config.class_thresholds:
+        settings["class_thresholds"] = dict(sorted(config.class_thresholds.items()))
+    if config.min_score is not None:
+        settings["min_score"] = config.min_score
+    reported = reported_classes(manifest.classes, config.classes)
+    if reported != set(manifest.classes):
+        settings["classes"] = sorted(reported)
+    return settings
 
 
 def run(detector: Detector, files: Iterable[Path], journal: Journal | None = None,
@@ -458,7 +505,8 @@ def run(detector: Detector, files: Iterable[Path], journal: Journal | None = Non
         if on_file_start:
             on_file_start(path)
         out = (outputs or {}).get(path) or output_path(path, detector.config.out_dir, detector.config.fmt)
-        if journal is not None and journal.is_done(path) and out.exists():
+        done = all(sibling_path(out, detector.config.fmt, f).exists() for f in detector.config.formats)
+        if journal is not None and journal.is_done(path) and done:
             result = FileResult(path, "skipped", output=out)
         else:
             try:

@@ -24,7 +24,7 @@ Torch-free: numpy and the standard library only (this runs on field devices).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -318,6 +318,30 @@ def detect_events(probs: np.ndarray, labels: Sequence[str], **kwargs) -> list[Ev
     """Events of a whole recording at once. probs: [T, C]; kwargs as for EventTracker."""
     tracker = EventTracker(labels, **kwargs)
     return tracker.push(probs) + tracker.flush()
+
+
+class ClassSummary:
+    """Per class, over the recordings of a run: events, their total duration, and the number of
+    recordings with at least one event (what `bmamba detect` prints at the end)."""
+
+    def __init__(self):
+        self._totals: dict[str, list] = {}   # label -> [events, seconds, recordings]
+
+    def add_recording(self, events: Iterable[Event]) -> None:
+        """Adds the events of one recording."""
+        seen = set()
+        for e in events:
+            total = self._totals.setdefault(e.label, [0, 0.0, 0])
+            total[0] += 1
+            total[1] += e.end_s - e.start_s
+            if e.label not in seen:
+                seen.add(e.label)
+                total[2] += 1
+
+    def rows(self) -> list[dict]:
+        """[{"class", "events", "duration_s", "recordings"}], most events first."""
+        return [{"class": label, "events": n, "duration_s": round(seconds, 3), "recordings": files}
+                for label, (n, seconds, files) in sorted(self._totals.items(), key=lambda kv: (-kv[1][0], kv[0]))]
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -45,6 +45,17 @@ def fingerprint(recording: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+def journal_folder(outputs) -> Path:
+    """Where a run without --out keeps its journal: beside its outputs, in the deepest folder
+    that holds them all (absolute), so that the same run started from another folder finds it.
+    outputs: the output paths of the run (at least one)."""
+    folders = {os.path.abspath(Path(o).parent) for o in outputs}
+    try:
+        return Path(os.path.commonpath(sorted(folders)))
+    except ValueError:   # on different drives (Windows): no common folder
+        return Path(sorted(folders)[0])
+
+
 def settings_hash(settings: dict) -> str:
     """A short stable hash of the settings that change results (key order does not matter)."""
     canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)

@@ -6,17 +6,21 @@ reader never sees half a file and a crash leaves either the old file or the new 
 temporary file, which `remove_stale_temps` clears at the next start). Under an output folder the
 outputs mirror the recordings' folders, so two recordings never share an output. A recording with no events still gets a file
 (a header, an empty "events" list, or an empty label file), so "processed, nothing found" differs
-from "not processed".
+from "not processed". Several formats of one recording are written together (`EventFiles`); the
+table of a whole run (`write_combined`, ``bmamba detect --combine``) is built from the
+per-recording files at the end, so a resumed run's table holds what earlier runs did.
 
 Number formats, the same in every format: times in seconds with 6 decimals (microseconds: finer
 than one sample at 16 kHz, and what Audacity itself writes), scores with 4 decimals (what
 BirdNET-Analyzer writes for its Confidence column).
 
 - raven: tab-separated, "\\n" line ends. Raven's own columns first, in Raven's order, as
-  BirdNET-Analyzer does: Selection (1..n), View ("Spectrogram 1"), Channel (1), Begin Time (s),
-  End Time (s), Low Freq (Hz) (0), High Freq (Hz) (Nyquist of the recording); then Label, Score,
-  and Raven's measurements Begin File (the recording's file name) and File Offset (s) (= Begin
-  Time, since each table covers one file), which let tables of many files be combined.
+  BirdNET-Analyzer does: Selection (1..n), View ("Spectrogram 1"), Channel (the channel analysed:
+  N with --channel N, else 1, the mix), Begin Time (s), End Time (s), Low Freq (Hz) (0), High
+  Freq (Hz) (Nyquist of the recording); then Label, Score (the event's largest frame probability),
+  and Raven's measurements Begin File (the recording's file name), File Offset (s) (= Begin Time,
+  since each table covers one file) and Begin Path (the recording's absolute path), which let
+  Raven open tables of many files (`write_combined`).
 - csv: `file,start_s,end_s,label,score` (file = the recording path as given), "\\n" line ends.
 - json: {"file", "duration_s", "sample_rate", "backend", "model", "events": [{"start_s", "end_s",
   "label", "score"}]}.
@@ -37,7 +41,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from biomamba.runtime.events import Event
@@ -61,6 +65,7 @@ RAVEN_COLUMNS = (
     "Score",
     "Begin File",
     "File Offset (s)",
+    "Begin Path",
 )
 CSV_COLUMNS = ("file", "start_s", "end_s", "label", "score")
 
@@ -120,9 +125,11 @@ class EventFile:
     an OutputError naming the target.
     """
 
-    def __init__(self, path: Path, fmt: str, *, recording: Path, sample_rate: int, backend: str, model: str):
+    def __init__(self, path: Path, fmt: str, *, recording: Path, sample_rate: int, backend: str, model: str,
+                 channel: int = 1):
         _check_format(fmt)
         self.path, self.fmt, self.recording = Path(path), fmt, Path(recording)
+        self.channel = str(int(channel))   # Raven's Channel: the one analysed (1 for the mono mix)
         self.meta = {"file": str(self.recording), "sample_rate": int(sample_rate), "backend": backend,
                      "model": model}
         self.nyquist = _plain_number(sample_rate / 2)
@@ -165,8 +172,9 @@ class EventFile:
     def _row(self, e: Event) -> str:
         begin, end = _time(e.start_s), _time(e.end_s)
         if self.fmt == "raven":
-            return "\t".join((str(self.count), "Spectrogram 1", "1", begin, end, "0", self.nyquist,
-                              _text(e.label), _score(e.score), _text(self.recording.name), begin)) + "\n"
+            return "\t".join((str(self.count), "Spectrogram 1", self.channel, begin, end, "0", self.nyquist,
+                              _text(e.label), _score(e.score), _text(self.recording.name), begin,
+                              _text(os.path.abspath(self.recording)))) + "\n"
         if self.fmt == "csv":
             return _csv_line((str(self.recording), begin, end, e.label, _score(e.score)))
         if self.fmt == "json":   # one event per line, after the list's opening bracket
@@ -210,6 +218,163 @@ class EventFile:
             if isinstance(error, OSError):
                 raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from error
             raise
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """"raven,csv" -> ("raven", "csv"): the formats of one run, the first one the main one (its
+    outputs are planned, journaled and summarised). Raises ValueError naming a bad or repeated one."""
+    fmts = tuple(f.strip() for f in str(text).split(","))
+    for fmt in fmts:
+        if fmt not in FORMATS:
+            raise ValueError(f"--format {fmt!r}: choose one or more of {', '.join(FORMATS)} "
+                             "(several: --format raven,csv)")
+    if len(set(fmts)) != len(fmts):
+        raise ValueError(f"--format {text!r} names a format twice")
+    return fmts
+
+
+def sibling_path(path: Path, fmt: str, other: str) -> Path:
+    """The output for format other beside path, the output of format fmt of the same recording:
+    ``x.bmamba.selection.table.txt`` -> ``x.bmamba.csv``."""
+    suffix = "." + EXTENSIONS[fmt]
+    if not path.name.endswith(suffix):
+        raise ValueError(f"{path} is not a {fmt} output")
+    return path.with_name(path.name[: -len(suffix)] + "." + EXTENSIONS[other])
+
+
+class EventFiles:
+    """The event files of one recording in several formats (`EventFile` each), written together:
+    the first format's path is given, the others go beside it (`sibling_path`)."""
+
+    def __init__(self, path: Path, fmts: tuple[str, ...], **meta):
+        self.paths = [Path(path)] + [sibling_path(Path(path), fmts[0], f) for f in fmts[1:]]
+        self.files: list[EventFile] = []
+        try:
+            for p, fmt in zip(self.paths, fmts):
+                self.files.append(EventFile(p, fmt, **meta))
+        except BaseException:
+            self.discard()
+            raise
+
+    @property
+    def count(self) -> int:
+        return self.files[0].count
+
+    def add(self, events: Iterable[Event]) -> None:
+        events = list(events)
+        for file in self.files:
+            file.add(events)
+
+    def commit(self, duration_s: float) -> None:
+        for file in self.files:
+            file.commit(duration_s)
+
+    def discard(self) -> None:
+        for file in self.files:
+            file.discard()
+
+    def __enter__(self) -> EventFiles:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+
+def read_events(path: Path, fmt: str) -> Iterator[Event]:
+    """The events of one of our own per-recording outputs (any format), in file order. Raven
+    tables are read by column name (a table from before a column was added reads too)."""
+    _check_format(fmt)
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as file:
+        if fmt == "json":
+            for e in json.load(file)["events"]:
+                yield Event(float(e["start_s"]), float(e["end_s"]), e["label"], float(e["score"]))
+        elif fmt == "csv":
+            for row in csv.DictReader(file):
+                yield Event(float(row["start_s"]), float(row["end_s"]), row["label"], float(row["score"]))
+        elif fmt == "raven":
+            for row in _raven_rows(file):
+                yield Event(float(row["Begin Time (s)"]), float(row["End Time (s)"]), row["Label"],
+                            float(row["Score"]))
+        else:
+            for line in file:
+                begin, end, text = line.rstrip("\n").split("\t")[:3]
+                label, _, score = text.rpartition(" (")
+                yield Event(float(begin), float(end), label, float(score.rstrip(")")))
+
+
+def _raven_rows(file) -> Iterator[dict[str, str]]:
+    header = file.readline().rstrip("\n").split("\t")
+    for line in file:
+        if line.strip():
+            yield dict(zip(header, line.rstrip("\n").split("\t")))
+
+
+COMBINED_STEM = "bmamba.combined"
+COMBINED_FORMATS = ("raven", "csv", "json")   # an Audacity label track belongs to one recording
+
+
+def combined_path(folder: Path, fmt: str) -> Path:
+    """``folder/bmamba.combined.<ext>``: the table of a whole run (`write_combined`)."""
+    return Path(folder) / f"{COMBINED_STEM}.{EXTENSIONS[fmt]}"
+
+
+def write_combined(path: Path, fmt: str, tables: Iterable[tuple[Path, Path, float]]) -> int:
+    """One table for a whole run, built from the per-recording outputs (so a resumed run's table
+    holds the recordings an earlier run did), written atomically. Returns the number of events.
+
+    tables: (recording, its output in format fmt, its duration in seconds), in run order.
+    - raven: every row of every table, Selection numbered 1..n across the table, Begin Path the
+      recording's absolute path, File Offset (s) the time in that recording, and Begin Time /
+      End Time on the timeline of the recordings one after another (Raven's file sequence, as
+      BirdNET-Analyzer's combined table); the other columns as in the recording's table.
+    - csv: one header, then every recording's rows (their `file` column names the recording).
+    - json: {"events": [{"file", "start_s", "end_s", "label", "score"}, ...]}.
+    Memory holds one recording's table at most (rows are copied line by line).
+    """
+    if fmt not in COMBINED_FORMATS:
+        raise ValueError(f"no combined table for {fmt!r} (one of {', '.join(COMBINED_FORMATS)})")
+    path, temp, count = Path(path), None, 0
+    try:
+        temp, out = _create_temp(path)
+        with out:
+            out.write({"raven": "\t".join(RAVEN_COLUMNS) + "\n", "csv": _csv_line(CSV_COLUMNS),
+                       "json": '{\n "events": ['}[fmt])
+            offset = 0.0
+            for recording, table, duration_s in tables:
+                with open(table, encoding="utf-8", errors="surrogateescape", newline="") as file:
+                    if fmt == "raven":
+                        for row in _raven_rows(file):
+                            count += 1
+                            begin = float(row["Begin Time (s)"])
+                            row.update({"Selection": str(count),
+                                        "Begin Time (s)": _time(begin + offset),
+                                        "End Time (s)": _time(float(row["End Time (s)"]) + offset),
+                                        "File Offset (s)": _time(begin),
+                                        "Begin File": _text(Path(recording).name),
+                                        "Begin Path": _text(os.path.abspath(recording))})
+                            out.write("\t".join(row.get(c, "") for c in RAVEN_COLUMNS) + "\n")
+                    elif fmt == "csv":
+                        file.readline()   # the header
+                        for line in file:
+                            count += 1
+                            out.write(line)
+                    else:
+                        for e in json.load(file)["events"]:
+                            count += 1
+                            out.write(("\n  " if count == 1 else ",\n  ")
+                                      + json.dumps({"file": str(recording), **e}, ensure_ascii=False))
+                offset += float(duration_s)
+            if fmt == "json":
+                out.write(("\n ]" if count else "]") + "\n}\n")
+            _finish(out, temp, path)
+    except BaseException as error:
+        if temp is not None:
+            temp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
+        raise
+    _sync_folder(path.parent)
+    return count
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -480,7 +480,7 @@ def test_longest_legal_output_name_is_written(exported, tmp_path):
     (lambda m: m.update(thresholds={"frog": 1.5}), "threshold"),
     (lambda m: m.update(thresholds={"frog": float("nan")}), "NaN"),
 ])
-def test_model_problems_are_one_usage_error(exported, tmp_path, edit, message):
+def test_model_problems_are_one_error_exit_1(exported, tmp_path, edit, message):
     model = tmp_path / "model"
     shutil.copytree(exported, model)
     manifest = json.loads((model / "model.json").read_text())
@@ -489,7 +489,7 @@ def test_model_problems_are_one_usage_error(exported, tmp_path, edit, message):
     for i in range(3):
         noise(tmp_path / "in" / f"r{i}.wav", 1, i)
     code, text = detect(tmp_path / "in", "--model", model, "--out", tmp_path / "out")
-    assert code == 2 and message in text and text.count("error") == 1, text
+    assert code == 1 and message in text and text.count("error") == 1, text
     assert not list((tmp_path / "out").glob(f"*.{RAVEN}"))
 
 

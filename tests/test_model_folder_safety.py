@@ -182,7 +182,7 @@ def test_damaged_graph_is_a_named_error(folder, graph, damage):
 def test_damaged_graph_through_the_cli(folder, recording):
     (folder / "mamba.onnx").write_bytes(b"\x08\x01garbage")
     code, output = detect(recording, "--model", folder, "--no-resume")
-    assert code == 2 and "mamba.onnx: not a usable ONNX graph" in output
+    assert code == 1 and "mamba.onnx: not a usable ONNX graph" in output
     assert "Traceback" not in output
 
 
@@ -235,7 +235,7 @@ def test_torch_backend_on_a_folder_without_weights(folder, recording):
     with pytest.raises(ManifestError, match="model.safetensors is missing"):
         describe_model(folder, "torch")
     code, output = detect(recording, "--model", folder, "--backend", "torch", "--no-resume")
-    assert code == 2 and "model.safetensors is missing" in output and "Traceback" not in output
+    assert code == 1 and "model.safetensors is missing" in output and "Traceback" not in output
 
 
 @pytest.mark.parametrize("text,reason", [
@@ -250,7 +250,7 @@ def test_torch_backend_on_a_malformed_config(folder, recording, text, reason):
         describe_model(folder, "torch")
     assert caught.value.path == str(folder / "config.json")
     code, output = detect(recording, "--model", folder, "--backend", "torch", "--no-resume")
-    assert code == 2 and "config.json" in output and "Traceback" not in output
+    assert code == 1 and "config.json" in output and "Traceback" not in output
 
 
 def test_torch_backend_on_an_export_with_a_bad_config(folder):
@@ -319,10 +319,10 @@ def test_model_json_numbers_json_cannot_hold(folder, raw, reason):
 
 
 def test_threshold_nan_and_the_cli(folder, recording):
-    """A threshold outside (0, 1) is a model error, found before the first recording (exit 2)."""
+    """A threshold outside (0, 1) is a model error, found before the first recording (exit 1: the model exists but cannot be used)."""
     edit_json(folder / "model.json", lambda d: d["thresholds"].update({"Junco hyemalis": 1.5}))
     code, output = detect(recording, "--model", folder, "--no-resume")
-    assert code == 2 and "model.json" in output and "thresholds['Junco hyemalis'] = 1.5" in output
+    assert code == 1 and "model.json" in output and "thresholds['Junco hyemalis'] = 1.5" in output
 
 
 def test_huge_model_json_is_not_read(folder):

@@ -23,7 +23,7 @@ from biomamba.runtime.writers import (
 
 # Raven Pro's own measurement names, in the order Raven lists them, then ours.
 RAVEN_HEADER = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
-                "High Freq (Hz)", "Label", "Score", "Begin File", "File Offset (s)"]
+                "High Freq (Hz)", "Label", "Score", "Begin File", "File Offset (s)", "Begin Path"]
 LABELS = ["owl", "Common Frog", "wren, winter", 'say "hi"', "ménage"]
 META = dict(duration_s=3725.5, sample_rate=44100, backend="onnxruntime", model="edge-1234abcd")
 
@@ -72,6 +72,7 @@ def test_raven_round_trip(tmp_path, seed):
         assert float(row["High Freq (Hz)"]) == 44100 / 2
         assert row["Begin File"] == "rec 1.flac"
         assert row["File Offset (s)"] == row["Begin Time (s)"]
+        assert row["Begin Path"] == os.path.abspath(recording)
     assert_same_events([(float(r["Begin Time (s)"]), float(r["End Time (s)"]), r["Label"],
                          float(r["Score"])) for r in rows], events)
 
