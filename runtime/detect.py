@@ -291,8 +291,9 @@ class Detector:
 
         if self.reference is not None:
             ref_runner = StreamRunner(self.reference.run_chunk, self.reference.initial_state(1), self.max_frames)
-            ref_scorer = Scorer(self.manifest.task, self.config.window_s)
-            ref_tracker, ref_events = self._tracker(ref_scorer.unit_s), []
+            # PyTorch's own probabilities (its pooling, its sigmoid): what the user of the model gets
+            ref_scorer = self.reference.scorer(self.manifest.task, self.config.window_s)
+            ref_tracker, ref_events = self._tracker(scorer.unit_s), []
 
         def consume(out, ref_out, final=False):
             for name, value in out.items():
