@@ -101,22 +101,13 @@ class MambaGraph(nn.Module):
     def forward(self, frames: torch.Tensor, *flat_state: torch.Tensor):
         state = [(flat_state[2 * i], flat_state[2 * i + 1]) for i in range(len(flat_state) // 2)]
         hidden, new_state = self.model.encode_with_state(frames, state)
-        outputs = []
-        if self.model.head is not None:
-            outputs.append(self.model.frame_logits(hidden))
-        outputs.append(hidden)
-        if self.model.attention is not None:
-            outputs.append(self.model.attention(hidden)[..., 0])
+        outputs = self.model.chunk_outputs(hidden).values()   # the same dict run_chunk returns
         return (*outputs, *(t for pair in new_state for t in pair))
 
 
 def output_names(model: BioMamba) -> list[str]:
-    """Names of mamba.onnx's non-state outputs, in graph order."""
-    names = ["logits"] if model.head is not None else []
-    names.append("embeddings")
-    if model.attention is not None:
-        names.append("attention")
-    return names
+    """Names of mamba.onnx's non-state outputs, in graph order (``BioMamba.output_names``)."""
+    return model.output_names()
 
 
 def state_specs(model: BioMamba) -> list[StateSpec]:

@@ -34,26 +34,16 @@ import numpy as np
 
 from biomamba.audio import AudioError, audio_info, iter_audio
 from biomamba.metrics import prf_from_counts
-from biomamba.streaming import FRAME_S, HOP, SAMPLE_RATE, StreamRunner
+from biomamba.scoring import FRAME_S, SAMPLE_RATE, WindowPooler, frames_for, sigmoid, softmax
+from biomamba.streaming import StreamRunner
 
 from .events import Event, EventTracker
 from .journal import Journal, JournalError, fingerprint
-from .pooling import WindowPooler
 from .writers import EventFile, OutputError, output_path
 
 JOURNAL_NAME = ".bmamba-journal.jsonl"
 GPU_BATCH = 8          # recordings per call on a GPU backend when --batch is left to choose
 PARITY_ONSET_TOLERANCE_S = 0.2
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Overflow-free logistic function."""
-    return np.exp(-np.logaddexp(0.0, -x)).astype(np.float32)
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
 
 @dataclass
@@ -168,12 +158,15 @@ def _blocks(path: Path, block_s: float, channel: int | None, warnings: list[str]
 
 
 class Scorer:
-    """Backend outputs -> probabilities per scoring unit (20 ms frames, or windows for classifiers)."""
+    """Backend outputs -> probabilities per scoring unit (20 ms frames, or windows for classifiers),
+    with ``biomamba.scoring``: detect -> sigmoid per frame; classify -> each window's frame logits
+    pooled as the model pools a clip (mean, or weighted by softmax of its ``attention`` output),
+    then softmax."""
 
     def __init__(self, task: str, window_s: float):
         self.task = task
         if task == "classify":
-            frames = max(1, int(round(window_s / FRAME_S)))
+            frames = frames_for(window_s)
             self.pooler = WindowPooler(frames, frames)
             self.unit_s = frames * FRAME_S
         elif task == "detect":
@@ -185,7 +178,7 @@ class Scorer:
         logits = outputs.get("logits")
         if self.pooler is None:
             return sigmoid(logits) if logits is not None else np.zeros((0, 0), np.float32)
-        parts = [self.pooler.push(logits)[1]] if logits is not None else []
+        parts = [self.pooler.push(logits, outputs.get("attention"))[1]] if logits is not None else []
         if final:
             parts.append(self.pooler.flush()[1])
         parts = [p for p in parts if len(p)]
@@ -199,7 +192,7 @@ class Detector:
         self.backend, self.manifest, self.config, self.reference = backend, manifest, config, reference
         self.model_name = model_name
         self.classes = list(manifest.classes)
-        self.max_frames = max(1, int(round(config.chunk_s * SAMPLE_RATE / HOP)))
+        self.max_frames = frames_for(config.chunk_s)
         # TensorRT engines take at most the frames of their optimisation profile.
         self.max_frames = min(self.max_frames, getattr(backend, "max_frames", None) or self.max_frames)
         if config.threshold is not None:
