@@ -13,7 +13,7 @@ B and T are dynamic. Two variants of the scan inside mamba.onnx:
   gives standard, loop-free ONNX (checked here: no Loop/Scan/CumSum/Einsum node, no -inf).
 - ``plugin``: each layer's scan is one ``bmamba::SSDChunkScan`` node (op version 1, attributes
   ``plugin_version`` "1" and ``plugin_namespace`` "bmamba") for the TensorRT plugin of runtime/csrc;
-  onnxruntime runs it through ``biomamba.export.ort_custom_op``.
+  onnxruntime runs it through ``biomamba.runtime.ort_custom_op``.
 
 ``fp16``: weights and frames/logits/embeddings in float16; audio and states stay float32 at the
 graph boundary (cast inside), the SSD arithmetic, the norms' statistics and the per-head A, D,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import BackendError
+from .backend_api import BackendError
 from .manifest import Manifest, read_manifest
 
 PLUGIN_LIBRARY = "libbmamba_trt_plugin.so"
@@ -231,6 +231,10 @@ class TensorRTBackend:
         outputs = {name: results[name].astype(np.float32, copy=False) for name in self._outputs}
         new_state = {s.name: results[s.output_name] for s in self.manifest.states}
         return outputs, new_state
+
+    def peak_gpu_mb(self) -> float | None:
+        """None: not measured for TensorRT (the report leaves peak_gpu_mb empty, as before)."""
+        return None
 
     def close(self) -> None:
         self.frontend.close()

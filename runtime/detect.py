@@ -37,6 +37,8 @@ from biomamba.metrics import prf_from_counts
 from biomamba.scoring import FRAME_S, SAMPLE_RATE, WindowPooler, frames_for, sigmoid, softmax
 from biomamba.streaming import StreamRunner
 
+from .backend_api import Backend
+from .batching import BatchingBackend
 from .events import Event, EventTracker
 from .journal import Journal, JournalError, fingerprint
 from .writers import EventFile, OutputError, output_path
@@ -188,13 +190,22 @@ class Scorer:
 class Detector:
     """Runs recordings through a backend (and, with ``reference``, the PyTorch model beside it)."""
 
-    def __init__(self, backend, manifest, config: DetectConfig, reference=None, model_name: str = "model"):
-        self.backend, self.manifest, self.config, self.reference = backend, manifest, config, reference
+    def __init__(self, backend: Backend, manifest, config: DetectConfig, reference: Backend | None = None,
+                 model_name: str = "model", batch: int = 1):
+        """batch > 1: that many recordings run at a time (`run`), their chunks stacked into one
+        call of ``backend`` by a ``BatchingBackend`` made here; ValueError with --parity."""
+        if batch < 1:
+            raise ValueError(f"--batch must be at least 1, not {batch}")
+        if batch > 1 and reference is not None:
+            raise ValueError("--parity runs recordings one at a time; leave --batch at 1")
+        self.batch = batch
+        self.backend = BatchingBackend(backend, batch) if batch > 1 else backend
+        self.manifest, self.config, self.reference = manifest, config, reference
         self.model_name = model_name
         self.classes = list(manifest.classes)
         self.max_frames = frames_for(config.chunk_s)
         # TensorRT engines take at most the frames of their optimisation profile.
-        self.max_frames = min(self.max_frames, getattr(backend, "max_frames", None) or self.max_frames)
+        self.max_frames = min(self.max_frames, backend.max_frames or self.max_frames)
         if config.threshold is not None:
             self.thresholds = np.full(len(self.classes), config.threshold, np.float32)
         else:
@@ -435,7 +446,7 @@ def journal_settings(manifest, config: DetectConfig) -> dict:
 def run(detector: Detector, files: Iterable[Path], journal: Journal | None = None,
         on_file_start: Callable[[Path], None] | None = None,
         on_file_done: Callable[[FileResult], None] | None = None,
-        on_audio: Callable[[float], None] | None = None, batch: int = 1,
+        on_audio: Callable[[float], None] | None = None,
         outputs: dict[Path, Path] | None = None,
         on_warning: Callable[[Path, str], None] | None = None) -> RunSummary:
     """Process files; skip those the journal has; record each as it finishes.
@@ -447,8 +458,9 @@ def run(detector: Detector, files: Iterable[Path], journal: Journal | None = Non
     recording(s) without output and starts no other; a journal that cannot be written ends the run
     the same way (`summary.aborted`), since nothing done after it could be resumed.
 
-    batch > 1: that many recordings at a time, each in its own thread, their chunks run as one
-    backend call (``BatchingBackend``); results are the same, in the same order.
+    A detector built with batch > 1 runs that many recordings at a time, each in its own thread,
+    their chunks run as one backend call (its ``BatchingBackend``); results are the same, in the
+    same order.
     """
     summary = RunSummary(backend=detector.backend.name, chunk_s=detector.config.chunk_s)
     start = time.perf_counter()
@@ -482,17 +494,16 @@ def run(detector: Detector, files: Iterable[Path], journal: Journal | None = Non
             on_file_done(result)
         return result
 
-    if batch <= 1 or len(files) <= 1:
+    if detector.batch <= 1 or len(files) <= 1:
         results = [one(path) for path in files]
     else:
-        results = _run_batched(detector, files, one, batch)
+        results = _run_batched(detector.backend, files, one, detector.batch)
     summary.results = [r for r in results if r is not None]
     summary.not_started = len(results) - len(summary.results)
     summary.wall_s = time.perf_counter() - start
     if detector.parity is not None:
         summary.parity = detector.parity.summary()
-    gpu = getattr(detector.backend, "peak_gpu_mb", None)
-    summary.peak_gpu_mb = gpu() if callable(gpu) else None
+    summary.peak_gpu_mb = detector.backend.peak_gpu_mb()
     return summary
 
 
@@ -518,19 +529,10 @@ def _unchanged(result: FileResult, before: tuple[int, int] | None) -> FileResult
     return result
 
 
-def _run_batched(detector: Detector, files: list[Path], one, batch: int) -> list[FileResult]:
-    """`one(path)` for every file in `batch` threads sharing one batching backend."""
+def _run_batched(batching: BatchingBackend, files: list[Path], one, batch: int) -> list[FileResult]:
+    """`one(path)` for every file in `batch` threads, each a stream of the detector's batching
+    backend."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from .batching import BatchingBackend
-
-    if detector.reference is not None:
-        raise ValueError("--parity runs recordings one at a time; leave --batch at 1")
-    plain = detector.backend
-    if not isinstance(plain.initial_state(1), dict):
-        raise ValueError(f"--batch needs the onnxruntime or tensorrt backend, not {plain.name}")
-    batching = BatchingBackend(plain, batch)
-    detector.backend = batching
 
     def worker(path: Path) -> FileResult:
         batching.open_stream()
@@ -539,8 +541,5 @@ def _run_batched(detector: Detector, files: list[Path], one, batch: int) -> list
         finally:
             batching.close_stream()
 
-    try:
-        with ThreadPoolExecutor(max_workers=batch) as pool:
-            return list(pool.map(worker, files))
-    finally:
-        detector.backend = plain
+    with ThreadPoolExecutor(max_workers=batch) as pool:
+        return list(pool.map(worker, files))

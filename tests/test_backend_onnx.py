@@ -233,7 +233,7 @@ def test_edge_preset_parity(tmp_path):
 def test_ort_compatible_copies_and_keeps_the_file(exports):
     import onnx
 
-    from biomamba.export.ort_custom_op import ort_compatible
+    from biomamba.runtime.ort_custom_op import ort_compatible
 
     path = exports("plugin", fp16=True) / "mamba.onnx"
     original = onnx.load(str(path))
