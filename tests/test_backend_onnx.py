@@ -19,7 +19,6 @@ from biomamba.export.onnx_export import export_model
 from biomamba.runtime.backend_onnx import OnnxBackend
 from biomamba.runtime.backends import BackendError
 from biomamba.runtime.manifest import ManifestError, read_manifest
-from biomamba.runtime.ssd_numpy import ssd_scan
 from biomamba.streaming import CONTEXT, HOP, StreamRunner
 from conftest import perturb_
 
@@ -243,67 +242,6 @@ def test_ort_compatible_copies_and_keeps_the_file(exports):
     casts = sum(n.op_type == "Cast" for n in copy.graph.node) - sum(n.op_type == "Cast" for n in original.graph.node)
     assert casts == 5 * 2          # x, dt, B, C up and y down, per layer
     assert onnx.load(str(path)).SerializeToString() == original.SerializeToString()
-
-
-# -- the numpy scan ------------------------------------------------------------------------------------------
-
-
-def naive_scan(x, dt, A, B, C, D, dt_bias, state):
-    """The op written out step by step in float64 (the oracle)."""
-    x, dt, A, B, C, D, dt_bias, s = (np.asarray(v, np.float64) for v in (x, dt, A, B, C, D, dt_bias, state))
-    batch, length, heads, _ = x.shape
-    per_group = heads // B.shape[2]
-    y = np.zeros_like(x)
-    s = s.copy()
-    for b in range(batch):
-        for h in range(heads):
-            g = h // per_group
-            for t in range(length):
-                step = np.log1p(np.exp(dt[b, t, h] + dt_bias[h]))
-                s[b, h] = np.exp(step * A[h]) * s[b, h] + step * np.outer(x[b, t, h], B[b, t, g])
-                y[b, t, h] = s[b, h] @ C[b, t, g] + D[h] * x[b, t, h]
-    return y, s
-
-
-def scan_inputs(rng, batch=2, length=70, heads=4, head_dim=5, groups=2, n=6, dtype=np.float32):
-    return (rng.standard_normal((batch, length, heads, head_dim)).astype(dtype),
-            rng.standard_normal((batch, length, heads)).astype(dtype),
-            -np.exp(rng.standard_normal(heads)).astype(np.float32),
-            rng.standard_normal((batch, length, groups, n)).astype(dtype),
-            rng.standard_normal((batch, length, groups, n)).astype(dtype),
-            rng.standard_normal(heads).astype(np.float32),
-            rng.standard_normal(heads).astype(np.float32),
-            rng.standard_normal((batch, heads, head_dim, n)).astype(np.float32))
-
-
-@pytest.mark.parametrize("length, chunk", [(70, 64), (70, 16), (64, 64), (1, 64), (33, 1)])
-def test_numpy_scan_equals_the_naive_recurrence(length, chunk):
-    rng = np.random.default_rng(length * 100 + chunk)
-    args = scan_inputs(rng, length=length)
-    y, state = ssd_scan(*args, chunk=chunk)
-    y_ref, state_ref = naive_scan(*args)
-    scale = np.abs(y_ref).max()
-    assert y.dtype == np.float32 and state.dtype == np.float32
-    assert np.abs(y - y_ref).max() <= 2e-5 * scale
-    assert np.abs(state - state_ref).max() <= 2e-5 * np.abs(state_ref).max()
-
-
-def test_numpy_scan_float16_io():
-    rng = np.random.default_rng(11)
-    args = scan_inputs(rng, dtype=np.float16)
-    y, state = ssd_scan(*args)
-    y_ref, state_ref = naive_scan(*args)            # same float16 inputs, exact arithmetic
-    assert y.dtype == np.float16 and state.dtype == np.float32
-    assert np.abs(y - y_ref).max() <= 2e-3 * np.abs(y_ref).max()
-    assert np.abs(state - state_ref).max() <= 2e-5 * np.abs(state_ref).max()
-
-
-def test_numpy_scan_without_initial_state_starts_from_zero():
-    rng = np.random.default_rng(12)
-    args = scan_inputs(rng)
-    y, state = ssd_scan(*args[:7])
-    y_ref, state_ref = naive_scan(*args[:7], np.zeros_like(args[7]))
-    assert np.abs(y - y_ref).max() <= 2e-5 * np.abs(y_ref).max()
 
 
 # -- manifest errors ------------------------------------------------------------------------------------------
