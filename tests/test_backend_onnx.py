@@ -1,7 +1,7 @@
 """The onnxruntime backend against PyTorch: carried state over many chunks, both variants, fp16.
 
-Also the numpy SSD scan (the plugin variant's CPU op) against a naive float64 recurrence written
-here, the manifest reader's errors, and that the runtime path never imports torch.
+Also the manifest reader's errors and that the runtime path never imports torch. The numpy SSD
+scan (the plugin variant's CPU op) is checked in test_ssd_conformance.py's table.
 """
 
 from __future__ import annotations
