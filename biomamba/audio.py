@@ -193,7 +193,9 @@ def _open(path: str | os.PathLike) -> sf.SoundFile:
         if os.path.getsize(name) == 0:
             raise AudioError(path, "the file is empty (0 bytes)")
         with _quietly():
-            f = sf.SoundFile(name)
+            # bytes: soundfile encodes a str path strictly as UTF-8, which a recorder's
+            # non-UTF-8 file name (kept by Python as surrogate escapes) cannot pass.
+            f = sf.SoundFile(os.fsencode(name))
     except AudioError:
         raise
     except sf.LibsndfileError as e:
@@ -308,7 +310,7 @@ class _Source:
         self.f.close()
         try:
             with _quietly():
-                self.f = sf.SoundFile(os.fspath(self.path))
+                self.f = sf.SoundFile(os.fsencode(self.path))
                 if not self.f.seekable():
                     return False
                 self.f.seek(frame)

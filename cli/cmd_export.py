@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         if onnx:
             _export_onnx(checkpoint, out_dir, variant, fp16, opset, chunk_s)
         if trt:
-            _build_trt(out_dir if (onnx or out is not None) else checkpoint, fp16, plugin_lib)
+            _build_trt(out_dir if (onnx or out is not None) else checkpoint, plugin_lib)
 
 
 def _export_onnx(checkpoint: Path, out_dir: Path, variant: str, fp16: bool, opset: int, chunk_s: float) -> None:
@@ -103,7 +103,7 @@ def _check_trt(plugin_lib: Path | None) -> None:
         fail(str(e))
 
 
-def _build_trt(folder: Path, fp16: bool, plugin_lib: Path | None) -> None:
+def _build_trt(folder: Path, plugin_lib: Path | None) -> None:
     from biomamba.runtime.manifest import ManifestError
 
     try:
@@ -112,7 +112,7 @@ def _build_trt(folder: Path, fp16: bool, plugin_lib: Path | None) -> None:
     except ImportError as e:
         fail(f"building engines needs the training extras ({e.name} is missing): pip install 'bmamba[train]'")
     try:
-        build_engine(folder, fp16=fp16, plugin_lib=plugin_lib)
+        build_engine(folder, plugin_lib=plugin_lib)   # the export's precision
     except (TensorRTUnavailable, ManifestError) as e:
         fail(str(e))
     except EngineBuildError as e:

@@ -1,10 +1,16 @@
 """ONNX (plugin variant) -> TensorRT engines, with the TensorRT Python API (10.3 and later).
 
-    build_engine("exported/run1", fp16=True)     # writes frontend.engine, mamba.engine, updates model.json
+    build_engine("exported/run1")     # writes frontend.engine, mamba.engine, updates model.json
 
-The mamba graph's scan nodes (``bmamba::SSDChunkScan``) are handed by TensorRT's ONNX parser to the
-plugin registered by the library of runtime/csrc (``libbmamba_trt_plugin.so``, loaded first). Both
-engines get one optimization profile: batch 1..max_batch and frames 1..max_frames, tuned for
+The networks are strongly typed (TensorRT >= 10.0): every tensor keeps the type the ONNX graph
+gives it, so the engine's precision is the export's (``model.json`` "precision"; ``bmamba export
+--fp16`` writes float16 graphs). TensorRT picks no precision of its own: it cannot run the scan
+plugin in half precision for a float32 export (rounding dt before the softplus), and no
+BuilderFlag.FP16 is needed (TensorRT 11 removed it).
+
+The mamba graph's scan nodes (``bmamba::SSDChunkScan``) are handed by TensorRT's ONNX parser to
+the plugin registered by the library of runtime/csrc (``libbmamba_trt_plugin.so``, loaded
+first). Both engines get one optimization profile: batch 1..max_batch and frames 1..max_frames, tuned for
 (1, opt_frames). A timing cache file makes rebuilds fast. Engines are specific to the GPU and the
 TensorRT version that built them, so build them on the device that will run them (e.g. the Jetson).
 """
@@ -49,13 +55,14 @@ def _profile_shapes(manifest, name: str, frames: tuple[int, int, int], batch: tu
     return shapes
 
 
-def build_engine(export_dir: str | os.PathLike, *, fp16: bool = True,
+def build_engine(export_dir: str | os.PathLike, *,
                  plugin_lib: str | os.PathLike | None = None,
                  timing_cache: str | os.PathLike | None = None, max_batch: int = 8,
                  opt_frames: int | None = None, max_frames: int | None = None,
                  workspace_bytes: int = WORKSPACE_BYTES) -> Path:
     """Build ``frontend.engine`` and ``mamba.engine`` in an export folder; returns the folder.
 
+    The engines have the export's precision (strongly typed networks; see the module docstring).
     ``opt_frames`` defaults to the export's chunk_frames, ``max_frames`` to the same (the runtime
     never feeds more per call). ``timing_cache`` defaults to ``export_dir/timing.cache``.
     Raises TensorRTUnavailable (RuntimeError) when TensorRT or the plugin is missing.
@@ -76,18 +83,21 @@ def build_engine(export_dir: str | os.PathLike, *, fp16: bool = True,
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
     load_plugin_library(trt, plugin_path)
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if flag is None:
+        raise EngineBuildError(f"TensorRT {trt.__version__} cannot build strongly typed networks; "
+                               "use TensorRT 10.0 or later")
+    strongly_typed = 1 << int(flag)   # every tensor keeps the export's type
     builder = trt.Builder(logger)
     cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
     engines = {}
     for name, file in ENGINE_FILES.items():
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-        if fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
         cache = config.create_timing_cache(cache_bytes)
         config.set_timing_cache(cache, False)   # False: reject a cache from another GPU or version
 
-        network = builder.create_network(0)              # explicit batch is the only mode in TRT 10
+        network = builder.create_network(strongly_typed)
         parser = trt.OnnxParser(network, logger)
         onnx_path = manifest.graph_path(name)
         if not parser.parse_from_file(str(onnx_path)):
@@ -110,7 +120,8 @@ def build_engine(export_dir: str | os.PathLike, *, fp16: bool = True,
         cache_bytes = bytes(config.get_timing_cache().serialize())
     cache_path.write_bytes(cache_bytes)
 
-    info = {"version": trt.__version__, "fp16": fp16, "max_batch": max_batch, "opt_frames": opt_frames,
+    info = {"version": trt.__version__, "precision": manifest.precision, "strongly_typed": True,
+            "max_batch": max_batch, "opt_frames": opt_frames,
             "max_frames": max_frames, "plugin_lib": str(plugin_path.resolve()),
             "timing_cache": str(cache_path)}
     write_manifest(folder, manifest.with_changes(engines=engines, tensorrt=info))

@@ -20,7 +20,6 @@ softmax), like BirdNET's 3 s windows; each window is then one "frame" for the ev
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import resource
@@ -147,16 +146,6 @@ def plan_outputs(found: Iterable[tuple[Path, Path | None]], out_dir: Path | None
             + "; ".join(clashes[:3]) + more + ". Give their common parent folder as the input (the "
             "outputs then mirror its sub-folders under --out), or rename or move one of them")
     return outputs
-
-
-# Until the reader reports short reads (`iter_audio(..., warnings=list)`), it is called without.
-_READER_WARNS = "warnings" in inspect.signature(iter_audio).parameters
-
-
-def _blocks(path: Path, block_s: float, channel: int | None, warnings: list[str]):
-    if _READER_WARNS:
-        return iter_audio(path, block_s=block_s, channel=channel, warnings=warnings)
-    return iter_audio(path, block_s=block_s, channel=channel)
 
 
 class Scorer:
@@ -329,7 +318,8 @@ class Detector:
                     on_warning(path, message)
             told = len(warnings)
 
-        for block in _blocks(path, self.config.chunk_s, self.config.channel, warnings):
+        for block in iter_audio(path, block_s=self.config.chunk_s, channel=self.config.channel,
+                                warnings=warnings):
             if self.stop.is_set():
                 raise Interrupted
             consume(runner.push(block), self.reference and ref_runner.push(block))

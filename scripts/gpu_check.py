@@ -6,11 +6,17 @@ Checks (each on fresh random inputs; outputs poisoned with NaN before every call
   the shapes of every preset in biomamba.presets.PRESETS plus edge cases, float32 and float16 I/O;
 - streaming: pieces with the state carried equal one long call (bitwise with one time segment);
 - time segments (forced and automatic) against one segment; in-place state update;
-- the GPU against its CPU twin (libbmamba_ssd_cpu.so), when that library is there;
-- errors come back as codes, not crashes.
+- the GPU and its CPU twin (libbmamba_ssd_cpu.so, when it is there) each against float64 on the
+  same inputs (not against each other: device and host libm differ by an ulp or two, which
+  the recurrence carries into gaps of a few 1e-6);
+- errors come back as codes, not crashes;
+- compute-sanitizer memcheck and racecheck on two shapes, when gpu_check.sh found the tool
+  (``--sanitizer-run``: the scans only, inputs made on the host, so only our kernels run).
 Benchmarks (CUDA events): the kernels against biomamba.ssd.ssd_chunked on the GPU and against
 mamba-ssm's mamba_chunk_scan_combined when it imports.
-Model: check_model_on_cuda (the PyTorch model on CUDA, with each scan path, against the CPU reference).
+Model: check_model_on_cuda (the PyTorch model on CUDA, with each scan path, against the CPU reference),
+guarded so that an exception there becomes a failed check instead of a lost report; TF32 is off
+while it compares float32 with float32 and restored afterwards.
 
 Exit status: 0 when every check passed or when there is no CUDA device (the JSON says so), 1 when
 a check failed. ``--dry-run-cpu`` runs the same code on the CPU twin with small shapes, to test
@@ -20,6 +26,7 @@ this script on a machine without a GPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt_module
 import importlib.util
 import json
@@ -42,7 +49,7 @@ from biomamba.ssd import ssd_chunked, ssd_recurrent  # noqa: E402
 
 FALLBACK_SHAPES = {  # (H, P, G, N) when biomamba.presets is absent
     "tiny": (8, 16, 2, 16),
-    "edge": (12, 32, 1, 32),
+    "edge": (8, 32, 1, 32),
     "base": (24, 64, 1, 128),
 }
 EXTRA_SHAPES = {  # edge cases of the kernel's tiling
@@ -267,7 +274,8 @@ def check_in_place(report: Report, backend: Backend, shape, length: int, gen: to
 
 
 def check_against_twin(report: Report, backend: Backend, shapes: dict, gen: torch.Generator) -> None:
-    """The GPU against its CPU twin on the same inputs: the twin replays the GPU's decomposition."""
+    """The GPU and its CPU twin (which replays the GPU's decomposition) on the same inputs, each
+    against float64; the gap between them is reported, not judged (libm ulps differ)."""
     try:
         cuda_scan.load_library("cpu")
     except cuda_scan.SSDLibraryNotFoundError as exc:
@@ -278,11 +286,14 @@ def check_against_twin(report: Report, backend: Backend, shapes: dict, gen: torc
     for name, (H, P, G, N) in shapes.items():
         for n_segments in (1, 4):
             inputs = make_inputs(gen, 1, 300, H, P, G, N, backend.device)
-            y, final, _ = run_poisoned(backend, inputs, n_segments)
+            ref_y, ref_state = reference([t.cpu() for t in inputs])
+            y, final, unwritten = run_poisoned(backend, inputs, n_segments)
             ty, tfinal = twin.scan(*(t.cpu() for t in inputs), n_segments=n_segments)
-            ey, es = rel_err(y.cpu(), ty), rel_err(final.cpu(), tfinal)
-            report.add(f"gpu vs cpu twin {name} ({n_segments} segments)", ey <= 1e-6 and es <= 1e-6,
-                       err_y=ey, err_state=es)
+            errors = {"gpu_err_y": rel_err(y.cpu(), ref_y), "gpu_err_state": rel_err(final.cpu(), ref_state),
+                      "twin_err_y": rel_err(ty, ref_y), "twin_err_state": rel_err(tfinal, ref_state)}
+            report.add(f"gpu and cpu twin vs float64 {name} ({n_segments} segments)",
+                       max(errors.values()) <= TOL_F32 and unwritten == 0, **errors,
+                       gap_y=rel_err(y.cpu(), ty), gap_state=rel_err(final.cpu(), tfinal))
 
 
 def check_errors(report: Report, backend: Backend, gen: torch.Generator) -> None:
@@ -300,19 +311,56 @@ def check_model_on_cuda(report: Report, backend: Backend) -> dict[str, Any]:
     Mamba2.scan_override, (3) that model streamed in pieces == its whole run, (4) mamba-ssm's
     kernel when it imports. Frame probabilities of a detection head, random perturbed weights,
     10 s of noise. Also times the whole-recording forward (60 s) per preset and path."""
+    device = backend.device
+    presets = ["tiny", "edge"] if device.type == "cpu" else list(preset_shapes())
+    try:
+        import mamba_ssm  # noqa: F401
+        paths = ["torch", "kernel", "mamba_ssm"] if device.type == "cuda" else ["torch", "kernel"]
+    except Exception:  # not installed / no CUDA extension
+        paths = ["torch", "kernel"]
+    summary: dict[str, Any] = {}
+    with tf32_disabled():  # compare float32 with float32
+        for name in presets:
+            report.guarded(f"model {name}", lambda name=name: _check_model_preset(report, backend, name, paths,
+                                                                                 summary))
+    return summary
+
+
+@contextlib.contextmanager
+def tf32_disabled():
+    """TF32 off for matmuls and cuDNN inside, restored on the way out (the benchmarks after it
+    run with the settings the user had)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def run_model_check(report: Report, backend: Backend) -> dict[str, Any]:
+    """check_model_on_cuda, with any exception turned into a failed check (the rest of the
+    report, and the benchmarks after it, still come out)."""
+    try:
+        return check_model_on_cuda(report, backend)
+    except Exception as exc:
+        report.add("model check", False, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc(limit=3))
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _check_model_preset(report: Report, backend: Backend, name: str, paths: list[str],
+                        summary: dict[str, Any]) -> None:
+    """check_model_on_cuda for one preset; its row goes into summary[name]."""
     import copy
 
     from biomamba import BioMamba
     from biomamba.mamba2 import Mamba2
 
-    torch.backends.cuda.matmul.allow_tf32 = False   # compare float32 with float32
-    torch.backends.cudnn.allow_tf32 = False
     device = backend.device
-    presets = ["tiny", "edge"] if device.type == "cpu" else list(preset_shapes())
     rng = np.random.default_rng(0)
     audio = (rng.standard_normal(16000 * 10) * 0.3).astype(np.float32)
     long_audio = (rng.standard_normal(16000 * 60) * 0.3).astype(np.float32)
-    summary: dict[str, Any] = {}
 
     def kernel_scan(x, dt, A, B, C, D, dt_bias, state):
         parts = [t.contiguous() for t in (x, dt, A, B, C)] + [D.float().contiguous(), dt_bias.float().contiguous(),
@@ -325,42 +373,34 @@ def check_model_on_cuda(report: Report, backend: Backend) -> dict[str, Any]:
                 m.use_kernels = path == "mamba_ssm"
                 m.scan_override = kernel_scan if path == "kernel" else None
 
-    try:
-        import mamba_ssm  # noqa: F401
-        paths = ["torch", "kernel", "mamba_ssm"] if device.type == "cuda" else ["torch", "kernel"]
-    except Exception:  # not installed / no CUDA extension
-        paths = ["torch", "kernel"]
-
-    for name in presets:
-        torch.manual_seed(0)
-        cpu_model = BioMamba.from_preset(name, classes=["a", "b", "c"]).eval()
-        with torch.no_grad():
-            for p in cpu_model.parameters():
-                p.add_(torch.randn_like(p) * 0.02)
-        ref = cpu_model.predict(audio)
-        model = copy.deepcopy(cpu_model).to(device)
-        row: dict[str, Any] = {}
-        for path in paths:
-            def one(path=path, model=model, ref=ref, name=name, row=row):
-                set_path(model, path)
-                got = model.predict(audio)
-                err = float(np.abs(got - ref).max())
-                report.add(f"model {name} [{path}] on {device.type} vs CPU reference", err <= 1e-4,
-                           max_abs_prob_diff=err)
-                row[f"{path}_max_abs_diff"] = err
-                if path == "kernel":
-                    s = model.stream(max_chunk_s=1.3)
-                    pieces = [s.push(audio[i: i + 7777]) for i in range(0, len(audio), 7777)] + [s.flush()]
-                    serr = float(np.abs(np.concatenate(pieces) - got).max())
-                    report.add(f"model {name} [kernel] streamed == whole", serr <= 1e-5, max_abs_prob_diff=serr)
-                    row["kernel_stream_vs_whole"] = serr
-                if device.type == "cuda":
-                    ms = time_call(lambda: model.predict(long_audio), device, budget_s=2.0, max_reps=5)
-                    row[f"{path}_x_realtime_60s"] = round(60_000.0 / ms, 1)
-            report.guarded(f"model {name} [{path}]", one)
-        set_path(model, "torch")
-        summary[name] = row
-    return summary
+    torch.manual_seed(0)
+    cpu_model = BioMamba.from_preset(name, classes=["a", "b", "c"]).eval()
+    with torch.no_grad():
+        for p in cpu_model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    ref = cpu_model.predict(audio)
+    model = copy.deepcopy(cpu_model).to(device)
+    row: dict[str, Any] = {}
+    summary[name] = row
+    for path in paths:
+        def one(path=path):
+            set_path(model, path)
+            got = model.predict(audio)
+            err = float(np.abs(got - ref).max())
+            report.add(f"model {name} [{path}] on {device.type} vs CPU reference", err <= 1e-4,
+                       max_abs_prob_diff=err)
+            row[f"{path}_max_abs_diff"] = err
+            if path == "kernel":
+                s = model.stream(max_chunk_s=1.3)
+                pieces = [s.push(audio[i: i + 7777]) for i in range(0, len(audio), 7777)] + [s.flush()]
+                serr = float(np.abs(np.concatenate(pieces) - got).max())
+                report.add(f"model {name} [kernel] streamed == whole", serr <= 1e-5, max_abs_prob_diff=serr)
+                row["kernel_stream_vs_whole"] = serr
+            if device.type == "cuda":
+                ms = time_call(lambda: model.predict(long_audio), device, budget_s=2.0, max_reps=5)
+                row[f"{path}_x_realtime_60s"] = round(60_000.0 / ms, 1)
+        report.guarded(f"model {name} [{path}]", one)
+    set_path(model, "torch")
 
 
 # ---- benchmarks --------------------------------------------------------------------------------
@@ -451,6 +491,48 @@ def bench_cases(shapes: dict, quick: bool) -> list[tuple[str, tuple, int, int]]:
     return cases
 
 
+# ---- compute-sanitizer --------------------------------------------------------------------------
+
+
+SANITIZER_CASES = [  # (batch, T, H, P, G, N, I/O dtype, segments): the segmented path and a wide N
+    (2, 300, 8, 16, 2, 16, torch.float32, 3),
+    (1, 40, 4, 64, 1, 128, torch.float16, 1),
+]
+
+
+def sanitizer_run() -> int:
+    """What gpu_check.sh runs under compute-sanitizer (memcheck, racecheck): the SANITIZER_CASES
+    scans, inputs and NaN-poisoned outputs made on the host and copied over, so that our kernels
+    are the only ones launched. 0 when the results match float64, else 1."""
+    device = torch.device("cuda")
+    gen = torch.Generator().manual_seed(0)
+    failed = 0
+    for batch, length, H, P, G, N, dtype, n_segments in SANITIZER_CASES:
+        inputs = make_inputs(gen, batch, length, H, P, G, N, torch.device("cpu"), dtype)
+        ref_y, ref_state = reference(inputs)
+        y, final = (t.to(device) for t in poisoned_out(inputs))
+        cuda_scan.ssd_scan_cuda(*(t.to(device) for t in inputs), n_segments=n_segments, out=(y, final))
+        torch.cuda.synchronize()
+        ey, es = rel_err(y.cpu(), ref_y), rel_err(final.cpu(), ref_state)
+        ok = ey <= (TOL_F16_Y if dtype == torch.float16 else TOL_F32) and es <= TOL_F32
+        failed += not ok
+        print(f"sanitizer case B{batch} T{length} H{H} P{P} G{G} N{N} {str(dtype)[6:]} {n_segments} segments: "
+              f"err_y={ey:.2e} err_state={es:.2e} {'ok' if ok else 'FAIL'}")
+    return 1 if failed else 0
+
+
+def add_sanitizer_results(report: Report, path: Path) -> None:
+    """The compute-sanitizer runs gpu_check.sh made (a JSON list, or {"skipped": why})."""
+    runs = json.loads(path.read_text())
+    if isinstance(runs, dict):
+        report.checks.append({"name": "compute-sanitizer", "passed": True, "skipped": runs.get("skipped", "")})
+        print(f"  skip compute-sanitizer: {runs.get('skipped', '')}")
+        return
+    for run in runs:
+        report.add(f"compute-sanitizer {run['tool']} on {len(SANITIZER_CASES)} shapes", run["rc"] == 0,
+                   rc=run["rc"], summary=run.get("summary", ""), log=run.get("log", ""))
+
+
 # ---- output ------------------------------------------------------------------------------------
 
 
@@ -496,12 +578,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="JSON results file")
     parser.add_argument("--build-json", type=Path, help="build status written by gpu_check.sh")
+    parser.add_argument("--sanitizer-json", type=Path, help="compute-sanitizer runs written by gpu_check.sh")
+    parser.add_argument("--sanitizer-run", action="store_true",
+                        help="only the scans gpu_check.sh runs under compute-sanitizer; exit 1 on a wrong result")
     parser.add_argument("--quick", action="store_true", help="fewer and shorter shapes")
     parser.add_argument("--dry-run-cpu", action="store_true",
                         help="run every check on the CPU twin with small shapes (tests this script)")
     parser.add_argument("--budget-s", type=float, default=200.0, help="seconds for checks + benchmarks")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock)")
     args = parser.parse_args(argv)
+    if args.sanitizer_run:
+        return sanitizer_run()
     started = time.perf_counter()
     seed = args.seed if args.seed is not None else int(time.time()) % 2**31
 
@@ -548,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = {**preset_shapes(), **EXTRA_SHAPES}
     report = Report()
     print("checks:")
+    if args.sanitizer_json and args.sanitizer_json.is_file():
+        report.guarded("compute-sanitizer", lambda: add_sanitizer_results(report, args.sanitizer_json))
     lengths = [1, 7, 200] if quick else [1, 7, 200, 2500]
     check_against_reference(report, backend, shapes, lengths, 2, gen)
     first = next(iter(shapes.values()))
@@ -557,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     if backend.name == "cuda":
         report.guarded("twin", lambda: check_against_twin(report, backend, preset_shapes(), gen))
     report.guarded("errors", lambda: check_errors(report, backend, gen))
-    results["model"] = check_model_on_cuda(report, backend)
+    results["model"] = run_model_check(report, backend)
     results["checks"] = report.checks
     write(results, args.out, final=False)
 

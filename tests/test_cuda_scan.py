@@ -146,3 +146,93 @@ def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
     assert "no CUDA device" in proc.stdout
     report = json.loads(out.read_text())
     assert report["status"] == "no_cuda" and "no CUDA device" in report["message"]
+
+
+# ---- scripts/gpu_check (issue 12: what a GPU run must not trip over) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_fallback_shapes_are_the_presets(gpu_check):
+    """The (H, P, G, N) used when biomamba.presets is absent equal the presets' own."""
+    shapes = gpu_check.preset_shapes()
+    for name, fallback in gpu_check.FALLBACK_SHAPES.items():
+        assert shapes[name] == fallback, name
+
+
+def test_gpu_check_compares_gpu_and_twin_each_with_float64(gpu_check, twin):
+    """A "GPU" that differs from the twin by 2.6e-6 (device libm ulps carried by the recurrence)
+    passes: both are judged against float64, and the gap is only reported."""
+
+    class Drifting(gpu_check.TwinBackend):
+        name = "cuda"
+
+        def scan(self, *inputs, n_segments=0, out=None):
+            y, final = super().scan(*inputs, n_segments=n_segments)
+            y, final = y * (1 + 2.6e-6), final * (1 - 2.6e-6)
+            if out is not None:
+                out[0].copy_(y)
+                out[1].copy_(final)
+                return out
+            return y, final
+
+    report = gpu_check.Report()
+    gen = torch.Generator().manual_seed(0)
+    gpu_check.check_against_twin(report, Drifting(), {"tiny": gpu_check.preset_shapes()["tiny"]}, gen)
+    assert len(report.checks) == 2 and all(c["passed"] for c in report.checks), report.checks
+    assert all(2e-6 < c["gap_y"] < 3e-6 for c in report.checks)
+
+
+def test_gpu_check_model_failure_is_a_failed_check(gpu_check, monkeypatch):
+    def broken(report, backend):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(gpu_check, "check_model_on_cuda", broken)
+    report = gpu_check.Report()
+    summary = gpu_check.run_model_check(report, gpu_check.TwinBackend())
+    assert summary == {"error": "RuntimeError: CUDA out of memory"}
+    assert report.checks[-1]["name"] == "model check" and not report.checks[-1]["passed"]
+
+
+def test_gpu_check_restores_tf32(gpu_check):
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with pytest.raises(ValueError), gpu_check.tf32_disabled():
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+            raise ValueError("a check failing inside")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_gpu_check_sh_finds_nvcc_and_the_sanitizer_under_cuda_home(tmp_path):
+    if shutil.which("nvcc", path="/usr/bin:/bin"):
+        pytest.skip("nvcc is in /usr/bin: PATH wins over CUDA_HOME")
+    for tool in ("nvcc", "compute-sanitizer"):
+        (tmp_path / "bin").mkdir(exist_ok=True)
+        (tmp_path / "bin" / tool).write_text("#!/bin/sh\n")
+        (tmp_path / "bin" / tool).chmod(0o755)
+    proc = subprocess.run([str(REPO / "scripts" / "gpu_check.sh"), "--print-tools"], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "CUDA_HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert f"nvcc: {tmp_path}/bin/nvcc" in proc.stdout
+    assert f"compute-sanitizer: {tmp_path}/bin/compute-sanitizer" in proc.stdout
+
+
+def test_gpu_check_reads_the_sanitizer_runs(gpu_check, tmp_path):
+    runs = tmp_path / "sanitizer.json"
+    runs.write_text(json.dumps([{"tool": "memcheck", "rc": 0, "summary": "ERROR SUMMARY: 0 errors"},
+                                {"tool": "racecheck", "rc": 9, "summary": "RACECHECK SUMMARY: 2 hazards",
+                                 "log": "..."}]))
+    report = gpu_check.Report()
+    gpu_check.add_sanitizer_results(report, runs)
+    assert [(c["name"].split()[1], c["passed"]) for c in report.checks] == [("memcheck", True), ("racecheck", False)]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from biomamba import BioMamba
+from biomamba.export import trt_build
 from biomamba.export.onnx_export import export_model
 from biomamba.export.trt_build import EngineBuildError, _profile_shapes, build_engine
 from biomamba.runtime.backend_trt import (
@@ -95,6 +96,124 @@ def test_optimization_profile_shapes(plugin_export):
     assert mamba[conv.name] == tuple(conv.concrete_shape(b) for b in (1, 1, 8))
 
 
+class FakeTensorRT:
+    """Stands in for the tensorrt module (not installable here) and records what build_engine asks
+    of it. Like TensorRT 11's, its BuilderFlag has no FP16 (any use raises AttributeError)."""
+
+    __version__ = "11.0.0 (fake)"
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 1
+
+    class BuilderFlag:
+        TF32 = 7
+
+    class MemoryPoolType:
+        WORKSPACE = 0
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            self.level = level
+
+    def __init__(self):
+        self.network_flags: list[int] = []
+        self.builder_flags: list = []
+        self.parsed: list[str] = []
+        fake = self
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                pass
+
+            def set_flag(self, flag):
+                fake.builder_flags.append(flag)
+
+            def create_timing_cache(self, data):
+                return data
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                pass
+
+            def add_optimization_profile(self, profile):
+                pass
+
+            def get_timing_cache(self):
+                return type("Cache", (), {"serialize": lambda self: b"cache"})()
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                pass
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_network(self, flags):
+                fake.network_flags.append(flags)
+                return object()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                return b"engine"
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                fake.parsed.append(path)
+                return True
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+    def init_libnvinfer_plugins(self, logger, namespace):
+        pass
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_engines_are_strongly_typed_in_the_export_precision(model, tmp_path, monkeypatch, fp16):
+    """Issue 12: no BuilderFlag.FP16 (gone in TensorRT 11); strongly typed networks, so TensorRT
+    keeps the export's types (and cannot run the scan plugin in half for an fp32 export)."""
+    folder = export_model(model, tmp_path / "export", variant="plugin", fp16=fp16, chunk_s=2.0)
+    fake = FakeTensorRT()
+    plugin = tmp_path / PLUGIN_LIBRARY
+    plugin.write_bytes(b"")
+    monkeypatch.setattr(trt_build, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(trt_build, "find_plugin_library", lambda path=None: plugin)
+    monkeypatch.setattr(trt_build, "load_plugin_library", lambda trt, path: None)
+    build_engine(folder, max_batch=2)
+    assert fake.network_flags == [1 << 1, 1 << 1]           # both networks: 1 << STRONGLY_TYPED
+    assert fake.builder_flags == []
+    assert len(fake.parsed) == 2
+    m = read_manifest(folder)
+    assert m.precision == ("fp16" if fp16 else "fp32")
+    assert m.tensorrt["precision"] == m.precision and m.tensorrt["strongly_typed"] is True
+    assert (folder / "frontend.engine").read_bytes() == b"engine" == (folder / "mamba.engine").read_bytes()
+
+
+def test_scan_nodes_carry_only_the_parser_attributes(plugin_export):
+    """The plugin's creator lists no fields (plugin_selftest.cpp checks it), and the nodes carry
+    only what TensorRT's ONNX parser consumes itself: no field the parser would miss (and warn
+    about once per layer)."""
+    import onnx
+
+    graph = onnx.load(str(plugin_export / "mamba.onnx")).graph
+    scans = [n for n in graph.node if n.op_type == "SSDChunkScan"]
+    assert scans
+    for node in scans:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes == {"plugin_version": b"1", "plugin_namespace": b"bmamba"}
+
+
 # -- with TensorRT (skipped here) -----------------------------------------------------------------------
 
 
@@ -111,7 +230,7 @@ def test_engine_parity_with_pytorch(model, plugin_export):
     from biomamba.streaming import StreamRunner
 
     _plugin_library_or_skip()
-    build_engine(plugin_export, fp16=False, max_batch=2)
+    build_engine(plugin_export, max_batch=2)
     m = read_manifest(plugin_export)
     assert set(m.engines) == {"frontend", "mamba"} and m.tensorrt["max_frames"] == 100
     backend = TensorRTBackend(plugin_export)

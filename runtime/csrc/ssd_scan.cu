@@ -18,7 +18,7 @@
 //   rows], and computes dt = softplus(dt_raw + dt_bias) and exp(dt * A) once per step, with
 //   coalesced global loads (N, resp. the P-tile, contiguous); then every thread runs the chunk's
 //   steps from shared memory with no barrier; then y [chunk, rows] (+ D x) is written back
-//   coalesced. Three barriers per chunk, none per step. float16 I/O converts on the way in and
+//   coalesced. Two barriers per chunk (after staging, after the steps), none per step. float16 I/O converts on the way in and
 //   out; the state and the arithmetic are float32.
 // * Cost: per step each thread does 8 state updates and 8 output FMAs; the sequential chain is
 //   one FMA per step per element, so a single (batch, head) costs about T * (chunk staging +
@@ -204,6 +204,8 @@ __global__ void __launch_bounds__(kMaxThreads) scan_kernel(const Args a) {
             for (int k = 0; k < steps; ++k) decay_total *= sDecay[k];
         __syncthreads();
 
+        // No barrier after the write-back: the next chunk's staging writes sX[i] from the same
+        // thread that read it here (same i loop), and sY only after its first barrier.
         if (kWritesY) {
             for (int i = tid; i < steps * R; i += n_threads) {
                 const int k = i / R, r = i - k * R;
@@ -211,7 +213,6 @@ __global__ void __launch_bounds__(kMaxThreads) scan_kernel(const Args a) {
                 if (pp < d.P)
                     y[x_index(d, b, tc + k, h, pp)] = Io<IO>::store(output_value(sY[i], D_h, sX[i]));
             }
-            __syncthreads();  // before the next chunk overwrites sX and sY
         }
     }
 
@@ -283,6 +284,16 @@ int validate(const Call& c) {
     return BMAMBA_SSD_OK;
 }
 
+// Launches a kernel and returns the launch's own status. (cudaGetLastError() after a <<<...>>>
+// launch would also report, and clear, an error left on this thread by unrelated earlier work.)
+// cudaLaunchKernel, not cudaLaunchKernelEx: the latter needs CUDA 11.8, JetPack 5 has 11.4.
+template <typename Kernel>
+cudaError_t launch_kernel(Kernel* kernel, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+                          const Args& a) {
+    void* args[] = {const_cast<Args*>(&a)};
+    return cudaLaunchKernel(kernel, grid, block, args, shared_bytes, stream);
+}
+
 template <typename IO>
 int launch(const Call& c, const Plan& plan, float* workspace, cudaStream_t stream) {
     const Dims& d = c.d;
@@ -301,18 +312,16 @@ int launch(const Call& c, const Plan& plan, float* workspace, cudaStream_t strea
            d, plan.lanes, plan.state_pad, plan.rows, plan.chunk, plan.segments, plan.segment_steps};
     const dim3 block(plan.threads);
     const dim3 grid(plan.p_tiles, (unsigned)d.H, (unsigned)(d.batch * plan.segments));
+    cudaError_t err = cudaSuccess;
     if (plan.segments > 1) {
-        scan_kernel<IO, Pass::kLocal><<<grid, block, plan.shared_bytes, stream>>>(a);
-        cudaError_t err = cudaGetLastError();
+        err = launch_kernel(scan_kernel<IO, Pass::kLocal>, grid, block, plan.shared_bytes, stream, a);
         if (err != cudaSuccess) return cuda_fail(err, "launching the segment pass");
         const int64_t PN = d.P * d.N;
         const dim3 combine_grid((unsigned)(d.batch * d.H), (unsigned)((PN + 255) / 256));
-        combine_kernel<<<combine_grid, 256, 0, stream>>>(a);
-        err = cudaGetLastError();
+        err = launch_kernel(combine_kernel, combine_grid, dim3(256), 0, stream, a);
         if (err != cudaSuccess) return cuda_fail(err, "launching the segment combine");
     }
-    scan_kernel<IO, Pass::kOutput><<<grid, block, plan.shared_bytes, stream>>>(a);
-    cudaError_t err = cudaGetLastError();
+    err = launch_kernel(scan_kernel<IO, Pass::kOutput>, grid, block, plan.shared_bytes, stream, a);
     if (err != cudaSuccess) return cuda_fail(err, "launching the scan");
     return BMAMBA_SSD_OK;
 }
@@ -337,8 +346,11 @@ int run_owning_workspace(const Call& c, cudaStream_t stream) {
         int device = 0, pools = 0;
         cudaGetDevice(&device);
         cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device);
-        if (!pools || cudaMallocAsync(&workspace, workspace_bytes_for(c.d, segments), stream) != cudaSuccess) {
-            (void)cudaGetLastError();  // not sticky: fall back to one segment
+        cudaError_t err = cudaErrorNotSupported;
+        if (pools) err = cudaMallocAsync(&workspace, workspace_bytes_for(c.d, segments), stream);
+        if (err != cudaSuccess) {  // not sticky: fall back to one segment
+            // Only our own failed allocation is cleared from the thread's last-error state.
+            if (pools) (void)cudaGetLastError();
             workspace = nullptr;
             segments = 1;
         }

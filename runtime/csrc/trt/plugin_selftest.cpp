@@ -1,11 +1,14 @@
 // Self-test of the TensorRT plugin library without TensorRT's libraries or a GPU: loads
 // libbmamba_trt_plugin.so (the getCreators variant) with dlopen, stands in for libnvinfer's
 // getLogger, and drives the creator and the plugin through the calls a builder and a runtime
-// make: names, fields, format support, output types and shapes, configure, workspace sizing,
-// serialization round trip, clone, and enqueue (which must fail cleanly without a GPU).
+// make: names, fields, format support, output types and shapes, configure, shape checks,
+// workspace sizing, serialization round trip, clone, and enqueue (which must refuse mismatched
+// shapes, and fail cleanly without a GPU). Given the static-registration library too, it loads it
+// with a stand-in plugin registry and checks the creator is registered under "bmamba".
 //
 //   g++ -std=c++17 -isystem <TensorRT>/include -isystem <cuda>/include plugin_selftest.cpp
-//       -ldl -rdynamic -o plugin_selftest && ./plugin_selftest build/libbmamba_trt_plugin.so
+//       -ldl -rdynamic -o plugin_selftest
+//   ./plugin_selftest build/libbmamba_trt_plugin.so [build/libbmamba_trt_plugin_static.so]
 //
 // Prints one line per check and "ALL OK" at the end; exit status 1 on the first failure.
 #include <NvInferRuntime.h>
@@ -32,6 +35,62 @@ public:
 
 CollectingLogger gLogger;
 
+// Stands in for libnvinfer's plugin registry: records what the static library registers.
+class RecordingRegistry : public nvinfer1::IPluginRegistry {
+public:
+    bool registerCreator(nvinfer1::IPluginCreatorInterface& creator, nvinfer1::AsciiChar const* const ns) noexcept override {
+        creators.push_back(&creator);
+        namespaces.emplace_back(ns ? ns : "(null)");
+        return true;
+    }
+    std::vector<nvinfer1::IPluginCreatorInterface*> creators;
+    std::vector<std::string> namespaces;
+
+    // The rest is never called by the plugin.
+    void setErrorRecorder(nvinfer1::IErrorRecorder* const) noexcept override {}
+    nvinfer1::IErrorRecorder* getErrorRecorder() const noexcept override { return nullptr; }
+    bool isParentSearchEnabled() const override { return false; }
+    void setParentSearchEnabled(bool const) override {}
+    PluginLibraryHandle loadLibrary(nvinfer1::AsciiChar const*) noexcept override { return nullptr; }
+    void deregisterLibrary(PluginLibraryHandle) noexcept override {}
+    nvinfer1::IPluginCreatorInterface* const* getAllCreators(int32_t* const n) const noexcept override {
+        *n = 0;
+        return nullptr;
+    }
+    nvinfer1::IPluginCreatorInterface* getCreator(nvinfer1::AsciiChar const* const, nvinfer1::AsciiChar const* const,
+                                                  nvinfer1::AsciiChar const* const) noexcept override {
+        return nullptr;
+    }
+    bool deregisterCreator(nvinfer1::IPluginCreatorInterface const&) noexcept override { return false; }
+    nvinfer1::IPluginResource* acquirePluginResource(nvinfer1::AsciiChar const*, nvinfer1::IPluginResource*) noexcept override {
+        return nullptr;
+    }
+    int32_t releasePluginResource(nvinfer1::AsciiChar const*) noexcept override { return 0; }
+#if NV_TENSORRT_MAJOR > 10 || NV_TENSORRT_MINOR >= 10
+    nvinfer1::IPluginCreatorInterface* const* getAllCreatorsRecursive(int32_t* const n) noexcept override {
+        *n = 0;
+        return nullptr;
+    }
+#endif
+#if NV_TENSORRT_MAJOR < 11  // the IPluginCreator (V2) methods, deprecated in 10, removed in 11
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    bool registerCreator(nvinfer1::IPluginCreator&, nvinfer1::AsciiChar const* const) noexcept override { return false; }
+    nvinfer1::IPluginCreator* const* getPluginCreatorList(int32_t* const n) const noexcept override {
+        *n = 0;
+        return nullptr;
+    }
+    nvinfer1::IPluginCreator* getPluginCreator(nvinfer1::AsciiChar const* const, nvinfer1::AsciiChar const* const,
+                                               nvinfer1::AsciiChar const* const) noexcept override {
+        return nullptr;
+    }
+    bool deregisterCreator(nvinfer1::IPluginCreator const&) noexcept override { return false; }
+#pragma GCC diagnostic pop
+#endif
+};
+
+RecordingRegistry gRegistry;
+
 int gFailures = 0;
 
 void check(bool ok, std::string const& what) {
@@ -41,6 +100,8 @@ void check(bool ok, std::string const& what) {
 
 using nvinfer1::DataType;
 using nvinfer1::DynamicPluginTensorDesc;
+
+constexpr char const* kInputNames[8] = {"x", "dt", "A", "B", "C", "D", "dt_bias", "initial_state"};
 using nvinfer1::TensorFormat;
 
 nvinfer1::Dims dims(std::vector<int64_t> const& v) {
@@ -92,10 +153,41 @@ bool supportsAll(nvinfer1::IPluginV3OneBuild* build, std::vector<DynamicPluginTe
 
 // Stands in for libnvinfer's logger (the plugin falls back to it when no ILoggerFinder is set).
 extern "C" __attribute__((visibility("default"))) nvinfer1::ILogger* getLogger() noexcept { return &gLogger; }
+extern "C" __attribute__((visibility("default"))) nvinfer1::IPluginRegistry* getPluginRegistry() noexcept {
+    return &gRegistry;
+}
+
+namespace {
+
+// The static-registration library registers its creator when loaded, under "bmamba".
+void checkStaticRegistration(char const* path) {
+    void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    check(lib != nullptr, std::string("dlopen static-registration library") + (lib ? "" : std::string(": ") + dlerror()));
+    if (!lib) return;
+    check(gRegistry.creators.size() == 1, "static library registers one creator when loaded");
+    if (gRegistry.creators.size() != 1) return;
+    auto* creator = static_cast<nvinfer1::IPluginCreatorV3One*>(gRegistry.creators[0]);
+    check(gRegistry.namespaces[0] == "bmamba" && std::strcmp(creator->getPluginNamespace(), "bmamba") == 0 &&
+              std::strcmp(creator->getPluginName(), "SSDChunkScan") == 0,
+          "static registration is under the namespace \"bmamba\" (registered: \"" + gRegistry.namespaces[0] + "\")");
+}
+
+// Expects `call` to fail with a logged message containing `text`.
+template <typename Call>
+void expectRefused(Call call, std::string const& text, std::string const& what) {
+    size_t const before = gLogger.messages.size();
+    int32_t const rc = call();
+    bool const logged = gLogger.messages.size() > before && gLogger.messages.back().find(text) != std::string::npos;
+    check(rc != 0 && logged, what);
+    if (gLogger.messages.size() > before) std::printf("     logged: %s\n", gLogger.messages.back().c_str());
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-    if (argc != 2) {
-        std::fprintf(stderr, "usage: %s path/to/libbmamba_trt_plugin.so\n", argv[0]);
+    if (argc != 2 && argc != 3) {
+        std::fprintf(stderr, "usage: %s path/to/libbmamba_trt_plugin.so [path/to/libbmamba_trt_plugin_static.so]\n",
+                     argv[0]);
         return 2;
     }
     void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
@@ -122,14 +214,11 @@ int main(int argc, char** argv) {
               std::strcmp(creator->getPluginNamespace(), "bmamba") == 0,
           "creator is bmamba::SSDChunkScan version 1");
     nvinfer1::PluginFieldCollection const* names = creator->getFieldNames();
-    check(names && names->nbFields == 1 && std::strcmp(names->fields[0].name, "chunk_size") == 0 &&
-              names->fields[0].type == nvinfer1::PluginFieldType::kINT32,
-          "creator lists the optional INT32 field chunk_size");
+    check(names && names->nbFields == 0, "creator lists no fields (the ONNX node carries only plugin_version and "
+                                         "plugin_namespace)");
 
-    // Build phase, as the ONNX parser creates it.
-    int32_t chunk = 64;
-    nvinfer1::PluginField field("chunk_size", &chunk, nvinfer1::PluginFieldType::kINT32, 1);
-    nvinfer1::PluginFieldCollection fc{1, &field};
+    // Build phase, as the ONNX parser creates it: no fields.
+    nvinfer1::PluginFieldCollection fc{0, nullptr};
     nvinfer1::IPluginV3* plugin = creator->createPlugin("scan0", &fc, nvinfer1::TensorRTPhase::kBUILD);
     check(plugin != nullptr, "createPlugin(kBUILD)");
     if (!plugin) return 1;
@@ -182,6 +271,27 @@ int main(int argc, char** argv) {
     wrong = f32;
     wrong[1].desc.dims = dims({4, 1000});
     check(build->configurePlugin(wrong.data(), 8, wrong.data() + 8, 2) != 0, "configurePlugin rejects a rank-2 dt");
+    // Sizes that disagree with x [B,T,H,P] and B [B,T,G,N], each of which would let the kernels
+    // read or write out of bounds: {input, axis, value}.
+    struct Bad {
+        int input, axis;
+        int64_t value;
+        char const* what;
+    };
+    Bad const bads[] = {{7, 0, 8, "initial_state with a larger batch"}, {7, 1, 12, "initial_state with another H"},
+                        {7, 2, 32, "initial_state with another P"},     {7, 3, 64, "initial_state with another N"},
+                        {1, 2, 12, "dt with another H"},                {2, 0, 25, "A with another H"},
+                        {5, 0, 23, "D with another H"},                 {6, 0, 12, "dt_bias with another H"},
+                        {4, 3, 64, "C with another N"},                 {4, 2, 2, "C with another G"},
+                        {4, 0, 8, "C with a larger batch"},             {3, 1, 50000, "B with another T"}};
+    for (Bad const& b : bads) {
+        wrong = f32;
+        wrong[b.input].max.d[b.axis] = b.value;
+        wrong[b.input].desc.dims.d[b.axis] = b.value;
+        if (b.input == 2 || b.input == 5 || b.input == 6) wrong[b.input].min.d[b.axis] = b.value;
+        expectRefused([&] { return build->configurePlugin(wrong.data(), 8, wrong.data() + 8, 2); },
+                      "configurePlugin: " + std::string(kInputNames[b.input]), std::string("configurePlugin rejects ") + b.what);
+    }
 
     // getOutputShapes only forwards the input expressions: distinct fake pointers stand for them.
     static char tokens[16];
@@ -203,20 +313,14 @@ int main(int argc, char** argv) {
 
     // Serialization round trip: the runtime plugin is created from getFieldsToSerialize.
     nvinfer1::PluginFieldCollection const* serial = runtime->getFieldsToSerialize();
-    bool hasChunk = false, hasSm = false;
-    for (int32_t i = 0; serial && i < serial->nbFields; ++i) {
-        if (std::strcmp(serial->fields[i].name, "chunk_size") == 0)
-            hasChunk = *static_cast<int32_t const*>(serial->fields[i].data) == 64;
-        if (std::strcmp(serial->fields[i].name, "sm_count") == 0) hasSm = true;
-    }
-    check(hasChunk && hasSm, "serializes chunk_size (64) and sm_count");
+    check(serial && serial->nbFields == 1 && std::strcmp(serial->fields[0].name, "sm_count") == 0,
+          "serializes sm_count only");
 
     // A runtime plugin planned for a 132-SM GPU: the workspace must cover every size in the profile.
     int32_t smCount = 132;
-    nvinfer1::PluginField runtimeFields[2] = {
-        nvinfer1::PluginField("chunk_size", &chunk, nvinfer1::PluginFieldType::kINT32, 1),
+    nvinfer1::PluginField runtimeFields[1] = {
         nvinfer1::PluginField("sm_count", &smCount, nvinfer1::PluginFieldType::kINT32, 1)};
-    nvinfer1::PluginFieldCollection runtimeFc{2, runtimeFields};
+    nvinfer1::PluginFieldCollection runtimeFc{1, runtimeFields};
     nvinfer1::IPluginV3* planned = creator->createPlugin("scan0", &runtimeFc, nvinfer1::TensorRTPhase::kRUNTIME);
     check(planned != nullptr, "createPlugin(kRUNTIME) from serialized fields");
     auto* plannedBuild = static_cast<nvinfer1::IPluginV3OneBuild*>(planned->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
@@ -260,11 +364,34 @@ int main(int argc, char** argv) {
     in[1].dims = dims({1, 10, 24});
     in[3].dims = in[4].dims = dims({1, 10, 1, 128});
     in[7].dims = dims({1, 24, 64, 128});
+    outDesc[0].dims = in[0].dims;
+    outDesc[1].dims = in[7].dims;
     check(runtime->onShapeChange(in, 8, outDesc, 2) == 0, "onShapeChange");
     static float buffer[16];
     void const* inPtrs[8];
     void* outPtrs[2] = {buffer, buffer};
     for (auto& p : inPtrs) p = buffer;
+    // Concrete shapes that disagree: refused at shape change and in enqueue (before any launch,
+    // GPU or not), with the reason logged.
+    struct Mismatch {
+        int input, axis;
+        int64_t value;
+        char const* text;
+    };
+    Mismatch const mismatches[] = {{7, 0, 2, "initial_state"}, {1, 1, 11, "dt"}, {4, 3, 64, "C"}, {6, 0, 25, "dt_bias"},
+                                   {8, 1, 11, "outputs"}, {9, 0, 2, "outputs"}};
+    for (Mismatch const& m : mismatches) {
+        nvinfer1::PluginTensorDesc badIn[8], badOut[2];
+        std::copy(in, in + 8, badIn);
+        std::copy(outDesc, outDesc + 2, badOut);
+        nvinfer1::PluginTensorDesc& t = m.input < 8 ? badIn[m.input] : badOut[m.input - 8];
+        t.dims.d[m.axis] = m.value;
+        std::string const what = std::string(m.text) + " dimension " + std::to_string(m.axis) + " = " + std::to_string(m.value);
+        expectRefused([&] { return runtime->onShapeChange(badIn, 8, badOut, 2); }, std::string("onShapeChange: ") + m.text,
+                      "onShapeChange refuses " + what);
+        expectRefused([&] { return runtime->enqueue(badIn, badOut, inPtrs, outPtrs, nullptr, nullptr); },
+                      std::string("enqueue: ") + m.text, "enqueue refuses " + what);
+    }
     size_t const before = gLogger.messages.size();
     using DeviceSmCount = int (*)(int*);
     auto deviceSmCount = reinterpret_cast<DeviceSmCount>(dlsym(lib, "bmamba_ssd_device_sm_count"));
@@ -280,6 +407,7 @@ int main(int argc, char** argv) {
     delete copy;
     delete planned;
     delete plugin;
+    if (argc == 3) checkStaticRegistration(argv[2]);
     if (gFailures)
         std::printf("%d FAILED\n", gFailures);
     else

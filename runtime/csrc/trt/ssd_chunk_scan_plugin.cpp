@@ -38,8 +38,6 @@ void logError(std::string const& message) noexcept {
     }
 }
 
-// Input and output positions.
-enum : int32_t { kX = 0, kDt, kA, kB, kC, kD, kDtBias, kInitialState, kY, kFinalState };
 
 int32_t deviceSmCount() noexcept {
     int32_t sms = 0;
@@ -48,27 +46,96 @@ int32_t deviceSmCount() noexcept {
 
 bool fitsInt(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
-// Ranks of the eight inputs.
+enum : int32_t { kX = 0, kDt, kA, kB, kC, kD, kDtBias, kInitialState, kY, kFinalState };
+
+// Ranks and names of the eight inputs.
 constexpr int32_t kInputRanks[SSDChunkScanPlugin::kNbInputs] = {4, 3, 1, 4, 4, 1, 1, 4};
+constexpr char const* kInputNames[SSDChunkScanPlugin::kNbInputs] = {"x", "dt", "A", "B", "C", "D", "dt_bias",
+                                                                    "initial_state"};
+
+// Why the eight input shapes do not fit together ("" when they do): every size is compared with
+// x [batch, T, H, P] and B [batch, T, G, N]. A kernel given, say, an initial_state of another
+// batch or a dt of another H would read and write out of bounds. Negative sizes (dynamic, at
+// build time) are not compared.
+std::string shapeMismatch(nvinfer1::Dims const* in) {
+    for (int32_t i = 0; i < SSDChunkScanPlugin::kNbInputs; ++i)
+        if (in[i].nbDims != kInputRanks[i])
+            return std::string(kInputNames[i]) + " has rank " + std::to_string(in[i].nbDims) + ", expected " +
+                   std::to_string(kInputRanks[i]);
+    int64_t const batch = in[kX].d[0], T = in[kX].d[1], H = in[kX].d[2], P = in[kX].d[3];
+    int64_t const G = in[kB].d[2], N = in[kB].d[3];
+    struct Expected {
+        int32_t input, axis;
+        int64_t value;
+        char const* name;
+    };
+    Expected const expected[] = {
+        {kDt, 0, batch, "batch"}, {kDt, 1, T, "T"},         {kDt, 2, H, "H"},
+        {kA, 0, H, "H"},          {kD, 0, H, "H"},          {kDtBias, 0, H, "H"},
+        {kB, 0, batch, "batch"},  {kB, 1, T, "T"},          {kC, 0, batch, "batch"},
+        {kC, 1, T, "T"},          {kC, 2, G, "G"},          {kC, 3, N, "N"},
+        {kInitialState, 0, batch, "batch"}, {kInitialState, 1, H, "H"},
+        {kInitialState, 2, P, "P"},         {kInitialState, 3, N, "N"},
+    };
+    for (Expected const& e : expected) {
+        int64_t const got = in[e.input].d[e.axis];
+        if (got >= 0 && e.value >= 0 && got != e.value)
+            return std::string(kInputNames[e.input]) + " has " + std::to_string(got) + " at axis " +
+                   std::to_string(e.axis) + ", but " + e.name + " = " + std::to_string(e.value) + " (from " +
+                   (e.name[0] == 'G' || e.name[0] == 'N' ? "B" : "x") + ")";
+    }
+    return "";
+}
+
+// The same for the outputs: y [batch, T, H, P] like x, final_state [batch, H, P, N].
+std::string outputMismatch(nvinfer1::Dims const* in, nvinfer1::Dims const* out) {
+    nvinfer1::Dims const& x = in[kX];
+    nvinfer1::Dims state = in[kInitialState];
+    bool same = out[0].nbDims == x.nbDims && out[1].nbDims == state.nbDims;
+    for (int32_t k = 0; same && k < x.nbDims; ++k) same = out[0].d[k] == x.d[k];
+    for (int32_t k = 0; same && k < state.nbDims; ++k) same = out[1].d[k] == state.d[k];
+    return same ? "" : "outputs y and final_state must have the shapes of x and initial_state";
+}
+
+// Sizes the kernels take (P, N <= 256, G divides H, ...), checked when all are known.
+std::string unsupported(nvinfer1::Dims const* in) {
+    int64_t const sizes[6] = {in[kX].d[0], in[kX].d[1], in[kX].d[2], in[kX].d[3], in[kB].d[2], in[kB].d[3]};
+    for (int64_t v : sizes)
+        if (!fitsInt(v)) return "";  // dynamic (or beyond int: bmamba_ssd_scan_ex refuses it)
+    int const code = bmamba_ssd_check_shape(1, 1, static_cast<int>(sizes[2]), static_cast<int>(sizes[3]),
+                                            static_cast<int>(sizes[4]), static_cast<int>(sizes[5]));
+    if (code == BMAMBA_SSD_OK) return "";
+    return "sizes H=" + std::to_string(sizes[2]) + " P=" + std::to_string(sizes[3]) + " G=" + std::to_string(sizes[4]) +
+           " N=" + std::to_string(sizes[5]) + ": " + bmamba_ssd_error_string(code);
+}
+
+// Every check on concrete input and output shapes (onShapeChange, enqueue); "" when all pass.
+std::string runtimeShapeError(nvinfer1::PluginTensorDesc const* in, nvinfer1::PluginTensorDesc const* out) {
+    nvinfer1::Dims inDims[SSDChunkScanPlugin::kNbInputs], outDims[SSDChunkScanPlugin::kNbOutputs];
+    for (int32_t i = 0; i < SSDChunkScanPlugin::kNbInputs; ++i) inDims[i] = in[i].dims;
+    for (int32_t i = 0; i < SSDChunkScanPlugin::kNbOutputs; ++i) outDims[i] = out[i].dims;
+    std::string why = shapeMismatch(inDims);
+    if (why.empty()) why = outputMismatch(inDims, outDims);
+    if (why.empty()) why = unsupported(inDims);
+    return why;
+}
 
 }  // namespace
 
 // ---- plugin ----------------------------------------------------------------------------------------
 
-SSDChunkScanPlugin::SSDChunkScanPlugin(int32_t chunk_size, int32_t sm_count)
-    : mChunkSize(chunk_size), mSmCount(sm_count) {
+SSDChunkScanPlugin::SSDChunkScanPlugin(int32_t sm_count) : mSmCount(sm_count) {
     buildFieldsToSerialize();
 }
 
 SSDChunkScanPlugin::SSDChunkScanPlugin(SSDChunkScanPlugin const& other)
     : nvinfer1::IPluginV3(), nvinfer1::IPluginV3OneCore(), nvinfer1::IPluginV3OneBuild(),
-      nvinfer1::IPluginV3OneRuntime(), mChunkSize(other.mChunkSize), mSmCount(other.mSmCount) {
+      nvinfer1::IPluginV3OneRuntime(), mSmCount(other.mSmCount) {
     buildFieldsToSerialize();
 }
 
 void SSDChunkScanPlugin::buildFieldsToSerialize() {
     mFields.clear();
-    mFields.emplace_back("chunk_size", &mChunkSize, PluginFieldType::kINT32, 1);
     mFields.emplace_back("sm_count", &mSmCount, PluginFieldType::kINT32, 1);
     mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
     mFieldCollection.fields = mFields.data();
@@ -106,22 +173,24 @@ int32_t SSDChunkScanPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc co
         logError("expects 8 inputs and 2 outputs");
         return -1;
     }
+    // The shapes as declared (dynamic sizes -1) and at both ends of the optimization profile.
+    nvinfer1::Dims declared[kNbInputs], lo[kNbInputs], hi[kNbInputs];
     for (int32_t i = 0; i < kNbInputs; ++i) {
-        if (in[i].desc.dims.nbDims != kInputRanks[i]) {
-            logError("input " + std::to_string(i) + " has rank " + std::to_string(in[i].desc.dims.nbDims) +
-                     ", expected " + std::to_string(kInputRanks[i]));
-            return -1;
-        }
+        declared[i] = in[i].desc.dims;
+        lo[i] = in[i].min;
+        hi[i] = in[i].max;
     }
-    // Static sizes, where known (-1 = dynamic), must be ones the kernels take.
-    int64_t const H = in[kX].max.d[2], P = in[kX].max.d[3], G = in[kB].max.d[2], N = in[kB].max.d[3];
-    int const code = bmamba_ssd_check_shape(1, 1, static_cast<int>(std::min<int64_t>(H, INT_MAX)),
-                                            static_cast<int>(std::min<int64_t>(P, INT_MAX)),
-                                            static_cast<int>(std::min<int64_t>(G, INT_MAX)),
-                                            static_cast<int>(std::min<int64_t>(N, INT_MAX)));
-    if (code != BMAMBA_SSD_OK) {
-        logError(std::string("sizes H=") + std::to_string(H) + " P=" + std::to_string(P) + " G=" +
-                 std::to_string(G) + " N=" + std::to_string(N) + ": " + bmamba_ssd_error_string(code));
+    try {
+        for (nvinfer1::Dims const* dims : {declared, lo, hi}) {
+            std::string why = shapeMismatch(dims);
+            if (why.empty()) why = unsupported(dims);
+            if (!why.empty()) {
+                logError("configurePlugin: " + why);
+                return -1;
+            }
+        }
+    } catch (std::exception const& e) {
+        logError(std::string("configurePlugin: ") + e.what());
         return -1;
     }
     return 0;
@@ -190,16 +259,37 @@ size_t SSDChunkScanPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc co
 }
 
 int32_t SSDChunkScanPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
-                                          nvinfer1::PluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept {
-    if (nbInputs != kNbInputs || nbOutputs != kNbOutputs) return -1;
-    for (int32_t i = 0; i < kNbInputs; ++i)
-        if (in[i].dims.nbDims != kInputRanks[i]) return -1;
+                                          nvinfer1::PluginTensorDesc const* out, int32_t nbOutputs) noexcept {
+    if (nbInputs != kNbInputs || nbOutputs != kNbOutputs) {
+        logError("onShapeChange: expects 8 inputs and 2 outputs");
+        return -1;
+    }
+    try {
+        std::string const why = runtimeShapeError(in, out);
+        if (!why.empty()) {
+            logError("onShapeChange: " + why);
+            return -1;
+        }
+    } catch (std::exception const& e) {
+        logError(std::string("onShapeChange: ") + e.what());
+        return -1;
+    }
     return 0;
 }
 
 int32_t SSDChunkScanPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
-                                    nvinfer1::PluginTensorDesc const* /*outputDesc*/, void const* const* inputs,
+                                    nvinfer1::PluginTensorDesc const* outputDesc, void const* const* inputs,
                                     void* const* outputs, void* workspace, cudaStream_t stream) noexcept {
+    try {  // checked again here: nothing out of bounds even if onShapeChange's answer was ignored
+        std::string const why = runtimeShapeError(inputDesc, outputDesc);
+        if (!why.empty()) {
+            logError("enqueue: " + why);
+            return -1;
+        }
+    } catch (std::exception const& e) {
+        logError(std::string("enqueue: ") + e.what());
+        return -1;
+    }
     nvinfer1::Dims const& x = inputDesc[kX].dims;
     nvinfer1::Dims const& b = inputDesc[kB].dims;
     if (!fitsInt(x.d[0]) || !fitsInt(x.d[1]) || !fitsInt(x.d[2]) || !fitsInt(x.d[3]) || !fitsInt(b.d[2]) ||
@@ -241,11 +331,11 @@ nvinfer1::PluginFieldCollection const* SSDChunkScanPlugin::getFieldsToSerialize(
 // ---- creator ---------------------------------------------------------------------------------------
 
 SSDChunkScanPluginCreator::SSDChunkScanPluginCreator() {
-    // What an ONNX node may carry (onnx-tensorrt passes only listed fields). sm_count is internal:
-    // it comes back through getFieldsToSerialize at deserialization.
-    mFields.emplace_back("chunk_size", nullptr, PluginFieldType::kINT32, 1);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
+    // No field comes from the ONNX node (the parser warns for every listed field a node lacks):
+    // its attributes plugin_version and plugin_namespace are the parser's own. sm_count is
+    // internal and comes back through getFieldsToSerialize at deserialization.
+    mFieldCollection.nbFields = 0;
+    mFieldCollection.fields = nullptr;
 }
 
 char const* SSDChunkScanPluginCreator::getPluginName() const noexcept { return kPluginName; }
@@ -260,24 +350,16 @@ nvinfer1::IPluginV3* SSDChunkScanPluginCreator::createPlugin(char const* /*name*
                                                              nvinfer1::PluginFieldCollection const* fc,
                                                              nvinfer1::TensorRTPhase phase) noexcept {
     try {
-        int32_t chunkSize = 0;  // 0: not given
         int32_t smCount = 0;
         for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
             PluginField const& field = fc->fields[i];
             if (field.name == nullptr || field.data == nullptr || field.length < 1) continue;
-            bool const isInt = field.type == PluginFieldType::kINT32;
-            if (std::strcmp(field.name, "chunk_size") == 0 && isInt)
-                chunkSize = *static_cast<int32_t const*>(field.data);
-            else if (std::strcmp(field.name, "sm_count") == 0 && isInt)
+            if (std::strcmp(field.name, "sm_count") == 0 && field.type == PluginFieldType::kINT32)
                 smCount = *static_cast<int32_t const*>(field.data);
-        }
-        if (chunkSize < 0) {
-            logError("chunk_size must be >= 0");
-            return nullptr;
         }
         // Building: plan for the GPU we build on. Deserializing: keep the count the build used.
         if (phase == nvinfer1::TensorRTPhase::kBUILD || smCount <= 0) smCount = deviceSmCount();
-        return new SSDChunkScanPlugin(chunkSize, smCount);
+        return new SSDChunkScanPlugin(smCount);
     } catch (std::exception const& e) {
         logError(std::string("createPlugin failed: ") + e.what());
     }
@@ -288,10 +370,20 @@ nvinfer1::IPluginV3* SSDChunkScanPluginCreator::createPlugin(char const* /*name*
 }  // namespace bmamba
 
 #if defined(BMAMBA_TRT_STATIC_REGISTRATION)
-// Registered when the library is loaded (ctypes.CDLL, trtexec --staticPlugins). The registry keys
-// the creator by its own getPluginNamespace(), "bmamba".
-using BmambaSSDChunkScanCreator = bmamba::trt::SSDChunkScanPluginCreator;
-REGISTER_TENSORRT_PLUGIN(BmambaSSDChunkScanCreator);
+// Registered when the library is loaded (ctypes.CDLL, trtexec --staticPlugins), under the
+// plugin's namespace. (REGISTER_TENSORRT_PLUGIN would register it under the empty namespace,
+// where neither the ONNX node nor an engine looks for "bmamba".)
+namespace {
+struct StaticRegistration {
+    StaticRegistration() {
+        static bmamba::trt::SSDChunkScanPluginCreator creator;
+        nvinfer1::IPluginRegistry* registry = getPluginRegistry();
+        if (registry == nullptr || !registry->registerCreator(creator, bmamba::trt::kPluginNamespace))
+            bmamba::trt::logError("could not register the plugin creator");
+    }
+};
+StaticRegistration const gStaticRegistration;
+}  // namespace
 #else
 // Entry points of a plugin shared library: IPluginRegistry::loadLibrary (Python
 // trt.get_plugin_registry().load_library) and trtexec --dynamicPlugins.

@@ -2,22 +2,24 @@
 // the CUDA kernels (../ssd_scan.h).
 //
 // ONNX node: op_type "SSDChunkScan", domain "bmamba", attributes plugin_version "1" and
-// plugin_namespace "bmamba"; optional INT attribute chunk_size (accepted and serialized, not used
-// by the math: the kernels pick their own tiling).
+// plugin_namespace "bmamba", nothing else (the kernels pick their own tiling; the creator lists no
+// fields, so the ONNX parser has none to miss).
 //
 // Inputs (linear layout):  0 x [B,T,H,P]  1 dt [B,T,H]  2 A [H]  3 B [B,T,G,N]  4 C [B,T,G,N]
 //                          5 D [H]  6 dt_bias [H]  7 initial_state [B,H,P,N]
 // Outputs:                 0 y [B,T,H,P]  1 final_state [B,H,P,N]
 // x, dt, B, C and y share one dtype, float32 or float16; A, D, dt_bias and both states are float32.
 // Batch and T may be dynamic; H, P, G, N are read at enqueue time too (any values the kernels take).
+// Every size is checked against x and B (configurePlugin, onShapeChange and again in enqueue): a
+// mismatch is an error, never an out-of-bounds access.
 //
 // Two libraries are built from this source (CMakeLists.txt), because IPluginRegistry::loadLibrary
 // fails when the library's creators are already registered, which static registration would do:
 // - libbmamba_trt_plugin.so: entry points getCreators / setLoggerFinder, no static registration;
 //   for trt.get_plugin_registry().load_library(path), trtexec --dynamicPlugins and
 //   --setPluginsToSerialize (the engine carries the library).
-// - libbmamba_trt_plugin_static.so (BMAMBA_TRT_STATIC_REGISTRATION): REGISTER_TENSORRT_PLUGIN,
-//   registered when the library is loaded (ctypes.CDLL(path), trtexec --staticPlugins).
+// - libbmamba_trt_plugin_static.so (BMAMBA_TRT_STATIC_REGISTRATION): registered under the
+//   namespace "bmamba" when the library is loaded (ctypes.CDLL(path), trtexec --staticPlugins).
 // Either way the creator is found as ("SSDChunkScan", "1", "bmamba").
 //
 // Written against TensorRT 10.3 (JetPack 6) and compile-checked against 10.3 and 11.1 headers; only
@@ -43,7 +45,7 @@ class SSDChunkScanPlugin final : public nvinfer1::IPluginV3,
                                  public nvinfer1::IPluginV3OneRuntime {
 public:
     // sm_count: SMs of the GPU the workspace is planned for (0: plan a single time segment).
-    SSDChunkScanPlugin(int32_t chunk_size, int32_t sm_count);
+    explicit SSDChunkScanPlugin(int32_t sm_count);
     SSDChunkScanPlugin(SSDChunkScanPlugin const& other);
     SSDChunkScanPlugin& operator=(SSDChunkScanPlugin const&) = delete;
     ~SSDChunkScanPlugin() override = default;
@@ -88,7 +90,6 @@ public:
 private:
     void buildFieldsToSerialize();
 
-    int32_t mChunkSize;  // the ONNX attribute, kept for round trips only
     int32_t mSmCount;    // serialized, so enqueue plans exactly what getWorkspaceSize sized
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mFieldCollection{};
@@ -107,7 +108,6 @@ public:
                                       nvinfer1::TensorRTPhase phase) noexcept override;
 
 private:
-    std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
