@@ -194,6 +194,35 @@ def test_initial_state_follows_the_manifest(exports, model):
         assert array.shape == tuple(tensor.shape) and array.dtype == np.float32 and not array.any()
 
 
+def test_every_backend_keeps_the_contract(exports):
+    """onnxruntime and the torch backend: both are `Backend`s, with the same named state (same keys,
+    shapes, float32) and, from the same non-zero state, the same outputs and new state."""
+    from biomamba.runtime.backend_api import Backend
+    from biomamba.runtime.backends import open_backend
+
+    onnx_backend, torch_backend = (open_backend(exports("portable"), name) for name in ("onnxruntime", "torch"))
+    rng = np.random.default_rng(8)
+    block = (0.2 * rng.standard_normal((2, HOP * 30 + CONTEXT))).astype(np.float32)
+    zero = onnx_backend.initial_state(2)
+    assert {k: (v.shape, v.dtype) for k, v in torch_backend.initial_state(2).items()} == \
+        {k: (v.shape, v.dtype) for k, v in zero.items()}
+    state = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in zero.items()}
+    results = []
+    for backend in (onnx_backend, torch_backend):
+        assert isinstance(backend, Backend), backend.name
+        results.append(backend.run_chunk(block, state))
+        assert backend.peak_gpu_mb() is None
+    (out_a, new_a), (out_b, new_b) = results
+    assert out_a.keys() == out_b.keys() and new_a.keys() == new_b.keys()
+    for k in out_a:
+        assert np.abs(out_a[k] - out_b[k]).max() <= TOL, k
+    for k in new_a:
+        assert np.abs(new_a[k] - new_b[k]).max() <= TOL * (1 + np.abs(new_b[k]).max()), k
+    for backend in (onnx_backend, torch_backend):
+        backend.close()
+        backend.close()   # twice: harmless
+
+
 def test_run_chunk_rejects_a_block_of_partial_frames(exports):
     backend = OnnxBackend(exports("portable"))
     with pytest.raises(ValueError, match=r"320\*n \+ 80"):
