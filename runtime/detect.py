@@ -14,8 +14,9 @@ table; a short read by the decoder is a warning; `stop` (a signal) ends the curr
 without an output, and a journal that cannot be written ends the run, both with a summary.
 
 Detection models (task ``detect``) give per-frame sigmoid probabilities. Clip classifiers (task
-``classify``) are applied to consecutive windows of ``window_s`` (their mean-pooled frame logits,
-softmax), like BirdNET's 3 s windows; each window is then one "frame" for the event tracker.
+``classify``) are applied to consecutive windows of ``window_s`` (their frame logits pooled as the
+model pools a clip -- mean, or attention-weighted -- then softmax; ``biomamba.scoring``), like
+BirdNET's 3 s windows; each window is then one "frame" for the event tracker.
 """
 
 from __future__ import annotations
