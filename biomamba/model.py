@@ -194,10 +194,10 @@ class AudioModel(nn.Module):
             out = self(torch.from_numpy(audio).to(self._device())[None])
         finally:
             self.train(was_training)
-        if self.task == "detect":
-            return torch.sigmoid(out["frame_logits"][0]).float().cpu().numpy()
+        if self.task == "detect":   # probabilities as every consumer makes them (biomamba.scoring)
+            return sigmoid(out["frame_logits"][0].float().cpu().numpy())
         if self.task == "classify":
-            return torch.softmax(out["clip_logits"][0], -1).float().cpu().numpy()
+            return softmax(out["clip_logits"][0].float().cpu().numpy())
         return out["hidden"][0].float().cpu().numpy()
 
 
