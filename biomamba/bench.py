@@ -3,16 +3,22 @@
 Each point (model, mode, length) runs in a fresh Python process, so that one point's memory
 (allocator caches, peak resident set) cannot leak into the next. Rows:
 
-- ``biomamba`` / ``whole``: the whole recording in one forward pass.
-- ``biomamba`` / ``stream``: the same recording pushed in 30 s chunks with carried state; the audio
-  is generated chunk by chunk, so nothing in the process grows with length.
+- ``biomamba`` / ``whole``: the whole recording in one forward pass (``model(audio)``, unblocked).
+- ``biomamba`` / ``exact``: the exact long-recording mode, what ``bmamba detect`` and
+  ``BioMamba.predict`` run: 30 s chunks with carried state, each chunk blocked inside
+  (``BioMamba.step_chunk``); the audio is generated chunk by chunk, so nothing in the process but
+  the model can grow with length. Equal to ``whole`` within 1e-5 (tests/test_blocked.py).
 - ``transformer`` / ``whole``: the AVES/HuBERT-style baseline at the same preset.
 
-Memory is ``torch.cuda.max_memory_allocated`` on CUDA, the process's peak resident set on CPU
-(which includes the Python interpreter, torch and the weights: ``base_mb`` reports that floor, the
-resident set just before the forward pass, and ``forward_mb`` = peak - base what the pass added).
-Every point runs with glibc's mmap threshold fixed at 1 MB (``keep_resident_memory_flat``), so
-the resident set measures what the pass holds, not what the allocator kept from freed buffers.
+What a peak is made of, per row: ``runtime_mb`` (the process after importing Python, numpy and
+torch, before the model), ``weights_mb`` (the parameters' bytes), ``base_mb`` (the process just
+before the pass: runtime, weights, and what model building and a 1 s warm-up pass left with the
+allocator) and ``forward_mb`` = peak - base, what the pass added (activations, and any allocator
+slack). On CPU memory is the process's resident set; every point runs with glibc's mmap threshold
+fixed at 1 MB (``keep_resident_memory_flat``), so freed buffers go back to the system and the
+resident set measures what is alive. On CUDA it is ``torch.cuda.max_memory_allocated`` (runtime 0;
+base = weights and anything left from the warm-up), and ``reserved_mb`` adds the caching
+allocator's peak reservation.
 """
 
 from __future__ import annotations
@@ -47,15 +53,17 @@ def run_point(model_name: str, mode: str, length_s: float, preset: str, device: 
     from .transformer import TransformerBaseline
 
     keep_resident_memory_flat()   # every point, every model: freed buffers go back to the system
+    cuda = device.startswith("cuda")
+    runtime_mb = 0.0 if cuda else _current_rss_mb()
 
     torch.manual_seed(seed)
     cls = {"biomamba": BioMamba, "transformer": TransformerBaseline}[model_name]
     model = cls.from_preset(preset, task="embed").to(device).eval()
-    if mode == "stream" and model_name != "biomamba":
+    weights_mb = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
+    if mode == "exact" and model_name != "biomamba":
         raise ValueError("only BioMamba streams")
     rng = np.random.default_rng(seed)
     n = int(round(length_s * SAMPLE_RATE))
-    cuda = device.startswith("cuda")
 
     def noise(k):
         return (rng.standard_normal(k) * 0.1).astype(np.float32)
@@ -83,9 +91,13 @@ def run_point(model_name: str, mode: str, length_s: float, preset: str, device: 
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
-    return {"model": model_name, "mode": mode, "length_s": length_s, "peak_mb": round(peak_mb, 1),
-            "base_mb": round(base_mb, 1), "forward_mb": round(peak_mb - base_mb, 1), "seconds": round(seconds, 3),
-            "x_realtime": round(length_s / seconds, 1) if seconds > 0 else None}
+    row = {"model": model_name, "mode": mode, "length_s": length_s, "peak_mb": round(peak_mb, 1),
+           "runtime_mb": round(runtime_mb, 1), "weights_mb": round(weights_mb, 1), "base_mb": round(base_mb, 1),
+           "forward_mb": round(peak_mb - base_mb, 1), "seconds": round(seconds, 3),
+           "x_realtime": round(length_s / seconds, 1) if seconds > 0 else None}
+    if cuda:
+        row["reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    return row
 
 
 def measure(model_name: str, mode: str, length_s: float, preset: str, device: str,
@@ -104,10 +116,27 @@ def measure(model_name: str, mode: str, length_s: float, preset: str, device: st
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+MODES = {"biomamba": ["whole", "exact"], "transformer": ["whole"]}
+SERIES = {("biomamba", "whole"): "BioMamba whole", ("biomamba", "exact"): "BioMamba exact (30 s chunks)",
+          ("transformer", "whole"): "Transformer whole"}
+
+
 def plan(models: list[str], lengths: list[float]) -> list[tuple[str, str, float]]:
     """(model, mode, length) points, shortest first."""
-    modes = {"biomamba": ["whole", "stream"], "transformer": ["whole"]}
-    return [(m, mode, length) for length in lengths for m in models for mode in modes[m]]
+    return [(m, mode, length) for length in lengths for m in models for mode in MODES[m]]
+
+
+def by_length(report: dict) -> list[dict]:
+    """One row per length: the peak of each series (None if not run or failed) and the exact mode's
+    ratio to the Transformer's peak (None unless both ran)."""
+    table: dict[float, dict] = {}
+    for r in report["rows"]:
+        row = table.setdefault(r["length_s"], {"length_s": r["length_s"]})
+        row[SERIES[r["model"], r["mode"]]] = r.get("peak_mb")
+    for row in table.values():
+        exact, tf = row.get(SERIES["biomamba", "exact"]), row.get(SERIES["transformer", "whole"])
+        row["exact / transformer"] = round(exact / tf, 2) if exact and tf else None
+    return [table[k] for k in sorted(table)]
 
 
 def plot(report: dict, path: str | Path) -> None:
@@ -121,10 +150,11 @@ def plot(report: dict, path: str | Path) -> None:
     series: dict[str, list[tuple[float, float]]] = {}
     for row in report["rows"]:
         if row.get("peak_mb") is not None:
-            series.setdefault(f"{row['model']} ({row['mode']})", []).append((row["length_s"], row["peak_mb"]))
-    for label, points in sorted(series.items()):
-        xs, ys = zip(*sorted(points))
-        ax.plot(xs, ys, marker="o", label=label)
+            series.setdefault(SERIES[row["model"], row["mode"]], []).append((row["length_s"], row["peak_mb"]))
+    for label in SERIES.values():   # the same order and colours in every plot
+        if label in series:
+            xs, ys = zip(*sorted(series[label]))
+            ax.plot(xs, ys, marker="o", label=label)
     ax.set_xlabel("recording length (s)")
     what = "max CUDA memory allocated" if report["device"].startswith("cuda") else "peak resident memory"
     ax.set_ylabel(f"{what} (MB)")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .streaming import CONTEXT, HOP
+from .streaming import CONTEXT, HOP, block_pieces
 
 CONV_LAYERS = ((10, 5), (3, 2), (3, 2), (3, 2), (3, 2), (2, 2), (2, 2))  # (kernel, stride)
 
@@ -64,5 +64,15 @@ class ConvFrontEnd(nn.Module):
         """CNN features [B, T, C] -> frames [B, T, d_model]."""
         return self.dropout(self.proj(self.norm(features)))
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.project(self.conv_features(audio))
+    def forward(self, audio: torch.Tensor, block_frames: int | None = None) -> torch.Tensor:
+        """audio [B, 320*T + 80] -> frames [B, T, d_model].
+
+        ``block_frames``: run over pieces of at most that many frames (``streaming.block_pieces``)
+        and concatenate. The frames are those of one pass (each reads only its own 400 samples),
+        but only one piece's activations are alive at a time; in the first layers they are C
+        channels at 3,200 steps per second of audio (6.5 MB per second and tensor at C = 512), the
+        bulk of a long pass's memory.
+        """
+        if block_frames is None:
+            return self.project(self.conv_features(audio))
+        return torch.cat([self.project(self.conv_features(piece)) for piece in block_pieces(audio, block_frames)], 1)

@@ -35,6 +35,7 @@ from .streaming import (
     HOP,
     SAMPLE_RATE,
     StreamRunner,
+    block_pieces,
     check_audio,
     keep_resident_memory_flat,
 )
@@ -223,6 +224,12 @@ class BioMamba(AudioModel):
     """
 
     architecture = "biomamba"
+    # The blocking of ``step_chunk`` (the exact long-recording mode): frames per front-end call and
+    # per Mamba-stack call. Any sizes give the same numbers; these bound a call's activations
+    # (measured with `bmamba bench`, see the README's memory table). The stack's size is a
+    # multiple of every preset's SSD chunk (16, 32, 64), so no piece but the last is padded.
+    frontend_block_frames = 64
+    mamba_block_frames = 256
 
     def __init__(self, config: ModelConfig, task: str = "detect", classes: Sequence[str] = (),
                  pooling: str = "mean", preset: str | None = None):
@@ -256,8 +263,19 @@ class BioMamba(AudioModel):
         return hidden, layers
 
     def step_chunk(self, block: torch.Tensor, state: list[MixerState]):
-        """The streaming step: block [B, 320*n + 80] (context + n frames) -> (hidden [B, n, D], state)."""
-        return self.encode_with_state(self.frontend(block), state)
+        """The streaming step: block [B, 320*n + 80] (context + n frames) -> (hidden [B, n, D], state).
+
+        Blocked, so that a call's memory does not grow with n: the Mamba stack runs over pieces of
+        ``mamba_block_frames`` frames with the state carried from piece to piece, and the front
+        end makes each piece's frames ``frontend_block_frames`` at a time. Both are exact (the
+        front end is causal with a fixed 400-sample context; the stack is the streaming contract
+        itself), so the result is that of one pass within float32 rounding.
+        """
+        hidden = []
+        for piece in block_pieces(block, self.mamba_block_frames):
+            h, state = self.encode_with_state(self.frontend(piece, self.frontend_block_frames), state)
+            hidden.append(h)
+        return (hidden[0] if len(hidden) == 1 else torch.cat(hidden, 1)), state
 
     def output_names(self) -> list[str]:
         """The named outputs of a chunk, in the exported ``mamba.onnx``'s order: ``logits`` (with a
@@ -290,6 +308,27 @@ class BioMamba(AudioModel):
         """A stream over one recording; push pieces of any length, then flush."""
         return ModelStream(self, max_frames=frames_for(max_chunk_s))
 
+    @torch.no_grad()
+    def predict(self, audio: np.ndarray) -> np.ndarray:
+        """One whole recording, 1-D float numpy at 16 kHz, in the exact long-recording mode.
+
+        The recording goes through ``stream()`` (30 s chunks, carried state, each chunk blocked as
+        in ``step_chunk``), as ``bmamba detect`` runs it: the same numbers as one whole pass
+        (``forward``) within 1e-5, in memory that does not grow with the recording's length.
+        Returns detect: frame probabilities [T, C]; classify: class probabilities [C]; embed: frame
+        embeddings [T, D]. Raises ValueError on bad input (dtype, rank, NaN, empty).
+        """
+        audio = check_audio(audio)
+        was_training = self.training
+        try:
+            stream = self.stream()
+            step = stream.max_frames * HOP    # whole chunks: the stream's buffer never holds more
+            parts = [stream.push(audio[a: a + step]) for a in range(0, len(audio), step)]
+            parts.append(stream.flush())
+        finally:
+            self.train(was_training)
+        return stream.clip_probs() if self.task == "classify" else np.concatenate(parts)
+
 
 class ModelStream:
     """A recording pushed piece by piece through a BioMamba model, with carried state.
@@ -301,7 +340,7 @@ class ModelStream:
 
     def __init__(self, model: BioMamba, max_frames: int = 1500):
         keep_resident_memory_flat()
-        self.model = model.eval()
+        self.model, self.max_frames = model.eval(), max_frames
         self._runner = StreamRunner(model.run_chunk, model.initial_state(1), max_frames)
         self._clip = RunningPool()    # the clip's pooled logits (classify)
 

@@ -68,6 +68,21 @@ def check_audio(audio, name: str = "audio", ndim: int = 1) -> np.ndarray:
     return audio.astype(np.float32, copy=False)
 
 
+def block_pieces(block, max_frames: int) -> list:
+    """Cut a front-end block [..., 320*n + 80] into consecutive blocks [..., 320*m + 80] of at most
+    ``max_frames`` frames each, overlapping by the 80 context samples (views, no copies; numpy
+    arrays and torch tensors alike).
+
+    Each frame reads only its own 400 samples, so the front end run on the pieces gives exactly the
+    frames of one run on the whole block, and a model with carried state run on them in order gives
+    the outputs of one call: this is how a long model call is made to hold one piece at a time.
+    """
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    n = (block.shape[-1] - CONTEXT) // HOP
+    return [block[..., a * HOP: min(n, a + max_frames) * HOP + CONTEXT] for a in range(0, n, max_frames)]
+
+
 class FrameBuffer:
     """Turns pieces of audio into blocks of whole frames with their left context.
 

@@ -24,12 +24,13 @@ def register(app: typer.Typer) -> None:
         """Peak memory and time of one forward pass for each model and recording length.
 
         Every point runs in a fresh process. BioMamba runs twice per length: the whole recording in
-        one pass, and streamed in 30 s chunks with carried state.
+        one pass, and in the exact long-recording mode (what detect and predict run: 30 s chunks
+        with carried state, each blocked inside; the same numbers within 1e-5).
         """
         from rich.console import Console
         from rich.table import Table
 
-        from biomamba.bench import device_name, measure
+        from biomamba.bench import SERIES, by_length, device_name, measure
         from biomamba.bench import plan as make_plan
         from biomamba.bench import plot as make_plot
         from biomamba.presets import get_preset
@@ -59,14 +60,27 @@ def register(app: typer.Typer) -> None:
                 result["rows"].append(row)
                 console.log(_row_text(row))
 
-        table = Table(title=f"bmamba bench -- preset {preset}, {result['device']}")
-        for col in ("model", "mode", "length (s)", "peak MB", "added by forward MB", "seconds", "x real time"):
-            table.add_column(col, justify="right" if col not in ("model", "mode") else "left")
+        title = f"bmamba bench -- preset {preset}, {result['device']}"
+        peak = "max CUDA MB allocated" if device.startswith("cuda") else "peak resident MB"
+        table = Table(title=f"{title}: {peak}")
+        series = [name for (m, _), name in SERIES.items() if m in model_list]
+        for col in ["length (s)", *series, "exact / transformer"]:
+            table.add_column(col, justify="right")
+        for r in by_length(result):
+            table.add_row(f"{r['length_s']:g}", *(_fmt(r.get(name)) for name in series),
+                          _fmt(r["exact / transformer"]))
+        Console().print(table)
+
+        parts = Table(title=f"{title}: what each peak is made of (MB; seconds are wall time)")
+        for col in ("model", "mode", "length (s)", "peak", "runtime", "weights", "before the pass",
+                    "added by the pass", "seconds", "x real time"):
+            parts.add_column(col, justify="right" if col not in ("model", "mode") else "left")
         for r in result["rows"]:
-            table.add_row(r["model"], r["mode"], f"{r['length_s']:g}", _fmt(r.get("peak_mb")),
+            parts.add_row(r["model"], r["mode"], f"{r['length_s']:g}", _fmt(r.get("peak_mb")),
+                          _fmt(r.get("runtime_mb")), _fmt(r.get("weights_mb")), _fmt(r.get("base_mb")),
                           _fmt(r.get("forward_mb")), _fmt(r.get("seconds")),
                           r.get("error") or _fmt(r.get("x_realtime")))
-        Console().print(table)
+        Console().print(parts)
         if report:
             report.write_text(json.dumps(result, indent=2) + "\n")
         if plot:
