@@ -24,10 +24,15 @@ Three forms, each taking an initial state and returning the final one:
 - ``ssd_step``: one time step, for token-by-token streaming.
 
 The state and the arithmetic are float32 for float32/float16/bfloat16 inputs (half-precision states
-drift over hours), float64 for float64 inputs (the tests' reference).
+drift over hours), float64 for float64 inputs (the tests' reference), whatever the autocast: under
+bf16/fp16 autocast (training with --amp) the matmuls below would otherwise run in half precision
+(segment sums, cumulative sums and the states passed between chunks with relative errors of about
+1e-2), so the scans switch autocast off for their own arithmetic (``float_arithmetic``).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +43,20 @@ Tensor = torch.Tensor
 def compute_dtype(x: Tensor) -> torch.dtype:
     """float64 stays float64 (test references); everything else is computed in float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def float_arithmetic(fn):
+    """Run ``fn`` (a scan taking x first) with autocast off on x's device, so that its arithmetic
+    stays in the compute dtype. Outside autocast (inference, export tracing) it adds nothing."""
+
+    @functools.wraps(fn)
+    def wrapper(x, *args, **kwargs):
+        if not torch.is_autocast_enabled(x.device.type):
+            return fn(x, *args, **kwargs)
+        with torch.autocast(x.device.type, enabled=False):
+            return fn(x, *args, **kwargs)
+
+    return wrapper
 
 
 def discretize(dt_raw: Tensor, dt_bias: Tensor) -> Tensor:
@@ -64,6 +83,7 @@ def _initial_state(x: Tensor, n: int, state: Tensor | None) -> Tensor:
     return state.to(compute_dtype(x))
 
 
+@float_arithmetic
 def ssd_recurrent(x, dt, A, B, C, D, dt_bias, initial_state=None):
     """The naive recurrence, one step at a time (the oracle). Shapes as in the module docstring."""
     state = _initial_state(x, B.shape[-1], initial_state)
@@ -76,6 +96,7 @@ def ssd_recurrent(x, dt, A, B, C, D, dt_bias, initial_state=None):
     return torch.stack(ys, dim=1), state
 
 
+@float_arithmetic
 def ssd_step(x, dt, A, B, C, D, dt_bias, state):
     """One step. x [B, H, P], dt [B, H] (raw), B, C [B, G, N], state [B, H, P, N] float32.
 
@@ -120,6 +141,7 @@ def decay_matrix(a: Tensor) -> Tensor:
     return torch.exp(torch.clamp(segsum(a), max=0.0)) * tril_ones(n, a)
 
 
+@float_arithmetic
 def ssd_chunked(x, dt, A, B, C, D, dt_bias, initial_state=None, chunk_size: int = 64):
     """The chunked SSD form. Shapes as in the module docstring; any T (padded to whole chunks).
 

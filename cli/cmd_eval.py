@@ -13,8 +13,11 @@ from .common import fail
 def register(app: typer.Typer) -> None:
     @app.command(name="eval")
     def eval_(
-        checkpoint: Path = typer.Argument(..., help="A checkpoint folder, or a train run folder (its best/)."),
+        checkpoint: Path = typer.Argument(..., help="A checkpoint folder, a train run folder (its best/), or the "
+                                                    "name of a model shipped with bmamba (e.g. insectset32)."),
         data: Path = typer.Argument(..., help="Labelled data, same kinds as for bmamba train."),
+        split: str = typer.Option(None, help="Classify CSV: only the rows whose `split` column holds this "
+                                             "value (e.g. validation)."),
         report: Path = typer.Option(None, help="Write the full results as JSON."),
         plot: Path = typer.Option(None, help="Write a confusion matrix (classify) or precision-recall curves (detect) PNG."),
         onset_tolerance: float = typer.Option(0.5, help="Detect: an event matches a reference whose onset is this "
@@ -35,7 +38,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Accuracy and macro-F1 (classify); BEANS mAP and event precision/recall/F1 (detect)."""
         from biomamba.runtime.durations import parse_duration
+        from biomamba.runtime.models import model_folder
         from biomamba.training.evaluate import evaluate, json_safe
+
+        checkpoint = model_folder(checkpoint)
 
         for name, path in (("CHECKPOINT", checkpoint), ("DATA", data)):
             if not path.exists():
@@ -51,7 +57,7 @@ def register(app: typer.Typer) -> None:
                               window_s=window_s, hop_s=hop_s, unknown_label=unknown_label,
                               label_column=label_column, events=events, onset_tolerance_s=onset_tolerance,
                               threshold=threshold, min_duration_s=min_duration, merge_gap_s=merge_gap,
-                              plot=plot, report=report, workers=workers)
+                              plot=plot, report=report, workers=workers, split=split)
         except ValueError as e:
             fail(str(e))
         except KeyboardInterrupt:

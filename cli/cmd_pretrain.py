@@ -42,7 +42,9 @@ def register(app: typer.Typer) -> None:
                                                        "collapses this LayerNorm front end; see bmamba.pretrain)."),
         cnn_grad_scale: float = typer.Option(0.1, help="Gradient scale of the CNN front end (HuBERT 0.1)."),
         steps: int = typer.Option(100_000, help="Optimizer steps."),
-        crop: str = typer.Option("5s", help="Crop length per item."),
+        crop: str = typer.Option("5s", help="Crop length per item (the longest with --min-crop)."),
+        min_crop: str = typer.Option(None, help="Random crop lengths: each crop's length drawn between this "
+                                                "and --crop (HuBERT: 2s to 15.6s)."),
         batch_size: int = typer.Option(8, help="Crops per batch (per process under torchrun)."),
         lr: float = typer.Option(5e-4, help="Peak learning rate (HuBERT 5e-4)."),
         warmup: float = typer.Option(0.08, help="Warm-up as a fraction of --steps (HuBERT 32k of 400k)."),
@@ -58,7 +60,11 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("bmamba-pretrain"), help="Run folder: last/, labels/, log.jsonl, args.json."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 on CUDA), bf16, fp16, none."),
-        workers: int = typer.Option(0, help="DataLoader worker processes."),
+        workers: int = typer.Option(None, help="DataLoader worker processes (default: half the cores, at most 4; "
+                                               "0: load in the main process)."),
+        accumulate: int = typer.Option(1, help="Batches per optimizer step (gradient accumulation)."),
+        max_skipped_steps: int = typer.Option(10, help="Steps with a non-finite loss or gradient are skipped; "
+                                                       "the run stops after more than this many."),
         seed: int = typer.Option(0, help="Seed of initialisation, k-means, crops and masks."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last/ checkpoint."),
     ) -> None:
@@ -80,11 +86,13 @@ def register(app: typer.Typer) -> None:
                 future_frames=future_frames,
                 future_weight=future_weight, preset=preset, mask_prob=mask_prob, mask_length=mask_length,
                 min_masks=min_masks, final_dim=final_dim, temperature=temperature, feature_penalty=feature_penalty,
-                cnn_grad_scale=cnn_grad_scale, steps=steps, crop_s=parse_duration(crop), batch_size=batch_size,
+                cnn_grad_scale=cnn_grad_scale, steps=steps, crop_s=parse_duration(crop),
+                min_crop_s=parse_duration(min_crop) if min_crop else None, batch_size=batch_size,
                 lr=lr, warmup_fraction=warmup, weight_decay=weight_decay, grad_clip=grad_clip or None,
                 save_every=save_every or None, kmeans_fraction=kmeans_fraction, kmeans_batch=kmeans_batch,
                 kmeans_init=kmeans_init, teacher_chunk_s=parse_duration(teacher_chunk), labels_only=labels_only,
-                device=device, amp=amp, workers=workers, seed=seed, resume=resume)
+                device=device, amp=amp, workers=workers, accumulate=accumulate,
+                max_skipped_steps=max_skipped_steps, seed=seed, resume=resume)
             check_options(cfg)
         except ValueError as e:
             fail(str(e), usage=True)

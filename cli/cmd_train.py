@@ -26,6 +26,10 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Argument(..., help=DATA_HELP),
         task: str = typer.Option(None, help="classify or detect (default: from the data)."),
         valid: Path = typer.Option(None, help="Validation data, same kinds as DATA."),
+        split: str = typer.Option(None, help="Classify CSV: train on the rows whose `split` column holds "
+                                             "this value (e.g. train)."),
+        valid_split: str = typer.Option(None, help="Classify CSV: validate on the rows of --valid (default: "
+                                                   "DATA) whose `split` column holds this value."),
         valid_fraction: float = typer.Option(0.2, help="Without --valid: the fraction of recordings held "
                                                        "out for validation (seeded; 0: none)."),
         preset: str = typer.Option("base", help="Model size: tiny, edge or base (ignored with --init)."),
@@ -57,7 +61,12 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("bmamba-train"), help="Run folder: last/, best/, log.jsonl, args.json."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 on CUDA), bf16, fp16, none."),
-        workers: int = typer.Option(0, help="DataLoader worker processes."),
+        workers: int = typer.Option(None, help="DataLoader worker processes (default: half the cores, at most 4; "
+                                               "0: load in the main process)."),
+        accumulate: int = typer.Option(1, help="Batches per optimizer step (gradient accumulation): "
+                                               "--batch-size 16 --accumulate 4 trains like batch 64."),
+        max_skipped_steps: int = typer.Option(10, help="Steps with a non-finite loss or gradient are skipped; "
+                                                       "the run stops after more than this many."),
         seed: int = typer.Option(0, help="Seed of initialisation, data order, crops and the validation split."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last/ checkpoint."),
     ) -> None:
@@ -87,7 +96,8 @@ def register(app: typer.Typer) -> None:
             crop_s = None if crop.strip().lower() == "none" else parse_duration(crop)
             snr_db = _pair(background_snr, "--background-snr")
             gain_db = _pair(gain, "--gain") if gain else None
-            cfg = TrainConfig(data=data, task=task, valid=valid, valid_fraction=valid_fraction, preset=preset,
+            cfg = TrainConfig(data=data, task=task, valid=valid, valid_fraction=valid_fraction, split=split,
+                              valid_split=valid_split, preset=preset,
                               architecture=architecture, init=init, freeze_frontend=freeze_frontend,
                               pooling=pooling, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                               weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip or None,
@@ -95,7 +105,8 @@ def register(app: typer.Typer) -> None:
                               unknown_label=unknown_label, label_column=label_column, gain_db=gain_db,
                               backgrounds=tuple(backgrounds), background_snr_db=snr_db,
                               background_prob=background_prob, out=out, device=device,
-                              amp=amp, workers=workers, seed=seed, resume=resume)
+                              amp=amp, workers=workers, accumulate=accumulate,
+                              max_skipped_steps=max_skipped_steps, seed=seed, resume=resume)
             check_options(cfg)
         except ValueError as e:
             fail(str(e), usage=True)

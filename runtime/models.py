@@ -16,6 +16,17 @@ from .manifest import MANIFEST, ManifestError, read_manifest
 DEFAULT_MODEL = "default"
 
 
+def model_folder(name_or_path: str | os.PathLike) -> Path:
+    """The folder a ``--model``/checkpoint argument names: an existing path as given, else a model
+    shipped in the package by name (``insectset32`` -> ``biomamba/models/insectset32``), else the
+    path as given (for the caller to report as missing)."""
+    path = Path(name_or_path)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    shipped = Path(str(resources.files("biomamba"))) / "models" / path.name
+    return shipped if (shipped / MANIFEST).is_file() else path
+
+
 def default_model_dir() -> Path:
     """The export folder shipped inside the package (``biomamba/models/default``)."""
     folder = Path(str(resources.files("biomamba"))) / "models" / DEFAULT_MODEL
@@ -40,7 +51,7 @@ class CheckpointModel:
 
 def describe_model(path: str | os.PathLike | None, backend: str):
     """(manifest-like description, folder, display name) of --model (None = the shipped model)."""
-    folder = default_model_dir() if path is None else Path(path)
+    folder = default_model_dir() if path is None else model_folder(path)
     if not folder.exists():
         raise ManifestError(folder, "no such model folder")
     name = DEFAULT_MODEL if path is None else folder.name

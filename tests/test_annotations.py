@@ -253,6 +253,21 @@ def test_beans_csv_errors(tmp_path):
         read_beans_csv(tmp_path / "missing.csv")
 
 
+def test_beans_csv_split_column(tmp_path):
+    """A CSV with a `split` column (InsectSet32's files.csv): --split keeps that split's rows only."""
+    rows = ["path,label,split", "a.wav,dog,train", "b.wav,cat,validation", "c.wav,cat,train", "d.wav,dog,"]
+    p = write(tmp_path / "files.csv", rows)
+    assert len(read_beans_csv(p)) == 4
+    assert read_beans_csv(p, split="train") == [(tmp_path.resolve() / "a.wav", "dog"),
+                                                (tmp_path.resolve() / "c.wav", "cat")]
+    assert read_beans_csv(p, split="validation") == [(tmp_path.resolve() / "b.wav", "cat")]
+    with pytest.raises(AnnotationError, match=r"files\.csv: no row of split 'test'; its splits: , train, validation"):
+        read_beans_csv(p, split="test")
+    q = write(tmp_path / "plain.csv", ["path,label", "a.wav,dog"])
+    with pytest.raises(AnnotationError, match=r"plain\.csv:1: no 'split' column"):
+        read_beans_csv(q, split="train")
+
+
 def test_readers_and_windowing_import_without_torch():
     import subprocess
     import sys

@@ -255,3 +255,42 @@ def test_real_spinetail_folder():
     # first event SP 0.101-0.368 s covers frames 5..17 (half-frame rule), CRER 0.507-3.04 s from frame 25
     assert frames[5:18, 1].all() and not frames[:5, 1].any() and not frames[18:60, 1].any()
     assert frames[25:, 0].all() and window.tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("window_s, hop_s", [(2.0, 1.0), (0.35, 0.1), (10.0, 5.0)])
+def test_detection_targets_from_time_index_equal_naive_loop(tmp_path, window_s, hop_s):
+    """Issue 10 item 4: a window's targets come from the annotations indexed by time; oracle: the
+    naive loop over all of the recording's annotations, on random annotations with awkward ones
+    added (on window edges, zero-length, shorter than half a frame, covering the whole recording,
+    an unknown label)."""
+    rng = np.random.default_rng(int(window_s * 100 + hop_s * 10))
+    rows = []
+    for r in range(3):
+        length = float(rng.uniform(20, 60))
+        starts = rng.uniform(0, length, 150)
+        ends = np.minimum(length, starts + rng.exponential(1.0, 150))
+        events = [(float(a), float(b), str(rng.choice(["a", "b", "c", "x"]))) for a, b in zip(starts, ends)]
+        events += [(k * hop_s, k * hop_s + window_s, "a") for k in range(3)]        # on window edges
+        events += [(hop_s, hop_s, "b"), (window_s, window_s + 0.004, "c"),        # zero / tiny
+                   (0.0, length, "b"), (length - 0.5, length, "a")]
+        rows.append({"path": f"rec{r}.wav", "length": length,
+                     "annotations": [{"st": a, "ed": b, "label": lab} for a, b, lab in events]})
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ds = DetectionDataset(tmp_path / "d.jsonl", window_s=window_s, hop_s=hop_s, classes=["a", "b", "c"],
+                          unknown_label="OTHR")
+    assert len(ds) >= 3 * int((20 - window_s) / hop_s)
+    for i, w in enumerate(ds.windows):
+        frames, window = ds.targets(i)
+        naive_frames = frame_targets(w.annotations, ds.n_frames, ds.classes, offset_s=w.start_s,
+                                     unknown_label="OTHR")
+        naive_window = window_targets(w.annotations, np.array([w.start_s]), window_s, ds.classes,
+                                      unknown_label="OTHR")[0]
+        np.testing.assert_array_equal(frames, naive_frames)
+        np.testing.assert_array_equal(window, naive_window)
+        # the index holds every annotation that overlaps the window, and only ones near it
+        overlapping = {id(e) for e in w.annotations if e.end_s > w.start_s and e.start_s < w.start_s + window_s}
+        picked = ds.window_annotations(i)
+        assert overlapping <= {id(e) for e in picked}
+        assert all(e.end_s >= w.start_s - 1e-6 and e.start_s <= w.start_s + ds.n_frames * 0.02 + 1e-6
+                   for e in picked)
+    assert len({id(w.annotations) for w in ds.windows}) == 3   # one tuple per recording, not per window

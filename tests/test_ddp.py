@@ -72,6 +72,22 @@ def test_torchrun_gloo_two_processes_equal_one_process_with_double_batch(tmp_pat
     assert torch.isfinite(torch.tensor(ddp_log[0]["valid_loss"]))
 
 
+def test_torchrun_with_accumulation_equals_one_process_with_four_times_the_batch(tmp_path):
+    """--accumulate under DDP (gradients synchronised on the last batch of each step only): 2
+    processes x batch 1 x accumulate 2 train as one process with batch 4."""
+    data = make_class_folder(tmp_path / "data", per_class=4, seed=0)
+    common = ["--preset", "tiny", "--epochs", "1", "--max-steps", "2", "--lr", "3e-3", "--crop", "1s",
+              "--device", "cpu", "--seed", "7", "--valid-fraction", "0", "--workers", "0"]
+    _torchrun(tmp_path, "train", str(data), "--batch-size", "1", "--accumulate", "2", "--out", str(tmp_path / "ddp"),
+              *common)
+    single = train(TrainConfig(data=data, out=tmp_path / "single", preset="tiny", epochs=1, max_steps=2, lr=3e-3,
+                               crop_s=1.0, device="cpu", seed=7, valid_fraction=0, batch_size=4, workers=0))
+    a = load_file(str(tmp_path / "ddp" / "last" / "model.safetensors"))
+    b = load_file(str(single["last"]) + "/model.safetensors")
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst
+
+
 def test_torchrun_pretrain_shares_labels_and_matches_single_process_labels(tmp_path):
     audio = make_class_folder(tmp_path / "audio", per_class=3, seed=3)   # 6 recordings, labels split over ranks
     _torchrun(tmp_path, "pretrain", str(audio), "--preset", "tiny", "--steps", "2", "--crop", "1s",

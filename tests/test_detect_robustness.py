@@ -477,7 +477,8 @@ def test_longest_legal_output_name_is_written(exported, tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m["classes"].append("owl"), "scores per frame but its manifest lists 4 classes"),
-    (lambda m: m.update(thresholds={"frog": float("nan")}), "threshold"),
+    (lambda m: m.update(thresholds={"frog": 1.5}), "threshold"),
+    (lambda m: m.update(thresholds={"frog": float("nan")}), "NaN"),
 ])
 def test_model_problems_are_one_usage_error(exported, tmp_path, edit, message):
     model = tmp_path / "model"

@@ -97,3 +97,55 @@ def test_save_load_roundtrip_without_pickle(tmp_path):
         load_centroids(tmp_path / "obj.npy")
     with pytest.raises(ValueError, match="no such file"):
         load_centroids(tmp_path / "missing.npy")
+
+
+# --------------------------------------------------------------------------- pre-training labels
+
+
+def _recording_features(n_recordings: int, rows: int, dim: int = 8, block: int = 500):
+    """features(path) for fake recordings "rec<i>": recording i's rows lie around its own centre
+    (distinct content per recording), in blocks of `block` rows, the same on every call."""
+    centres = np.random.default_rng(0).normal(0, 10, (n_recordings, dim))
+
+    def features(path):
+        i = int(str(path)[3:])
+        rng = np.random.default_rng(100 + i)
+        x = centres[i] + 0.1 * rng.standard_normal((rows, dim))
+        for start in range(0, rows, block):
+            yield x[start : start + block].astype(np.float32)
+
+    return features
+
+
+def test_labels_use_most_clusters_on_many_distinct_recordings(tmp_path):
+    """Issue 10 item 1: the initial centres come from all recordings, not the first ~10 minutes.
+    20 recordings of 6,000 frames each with distinct content, 20 clusters: the first 6,000 rows
+    (the init sample's size here) are one recording, so centres started there mostly stay there."""
+    from biomamba.training.pretrain.labels import KMeansOptions, build_labels
+
+    n, rows, k = 20, 6000, 20
+    features = _recording_features(n, rows)
+    files = [f"rec{i}" for i in range(n)]
+    opts = KMeansOptions(fraction=1.0, batch_size=2000, n_init=2, seed=0)
+    paths = build_labels(files, [rows] * n, features, k, tmp_path / "labels", "test", opts, log=lambda m: None)
+    used = {int(c) for p in paths for c in np.unique(np.load(p))}
+    assert len(used) >= 0.9 * k
+    # each recording gets its own cluster: the clustering separates the recordings
+    majority = [np.bincount(np.load(p)).argmax() for p in paths]
+    assert len(set(majority)) >= 0.9 * n
+
+
+def test_feature_stream_interleaves_recordings():
+    """The k-means shuffle buffer is fed blocks of several recordings in turn, not one recording's run."""
+    from biomamba.training.pretrain.labels import _FileFeatures
+
+    features = _recording_features(6, rows=1500, block=500)
+    stream = _FileFeatures([f"rec{i}" for i in range(6)], features, open_files=4)
+    blocks = list(stream)
+    assert len(blocks) == 18
+    first_rows = np.array([b[0] for b in blocks])
+    owner = [int(np.argmin(np.linalg.norm(first_rows[j] - np.stack(
+        [next(iter(features(f"rec{i}")))[0] for i in range(6)]), axis=1))) for j in range(len(blocks))]
+    assert owner[:4] == [0, 1, 2, 3]                       # one block from each open recording in turn
+    assert sorted(owner) == sorted([i for i in range(6) for _ in range(3)])   # every block exactly once
+    assert list(stream)[0].tolist() == blocks[0].tolist()                   # re-iterable

@@ -403,3 +403,31 @@ def test_crops_carry_left_context_and_labels(tmp_path):
             np.testing.assert_allclose(x.numpy(), padded[320 * start : 320 * (start + len(y)) + 80], atol=1e-7)
     batch = collate_pretrain([ds[0], (torch.zeros(80 + 320 * 3), torch.zeros(3, dtype=torch.int64))])
     assert batch["labels"][1, 3:].eq(IGNORE).all() and batch["frame_lengths"].tolist() == [20, 3]
+
+
+def test_random_crop_lengths(tmp_path):
+    """Issue 10 item 3: with min_crop_s each crop's length is drawn in [min, max] frames, per
+    (seed, epoch, item), and its labels still line up with its audio."""
+    rng = np.random.default_rng(0)
+    audio = tone(6.0, 800.0, rng)
+    path = _write(tmp_path / "a.wav", audio)
+    frames = math.ceil(len(audio) / 320)
+    np.save(tmp_path / "l.npy", np.arange(frames, dtype=np.int16))
+    ds = PretrainDataset([path], [tmp_path / "l.npy"], crop_s=1.0, seed=3, min_crop_s=0.2)
+    padded = np.concatenate([np.zeros(80, np.float32), audio, np.zeros(320 * frames - len(audio), np.float32)])
+    lengths = []
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            x, y = ds[i]
+            start = int(y[0])
+            assert torch.equal(y, torch.arange(start, start + len(y)))
+            np.testing.assert_allclose(x.numpy(), padded[320 * start : 320 * (start + len(y)) + 80], atol=1e-7)
+            lengths.append(len(y))
+    assert min(lengths) >= 10 and max(lengths) <= 50 and len(set(lengths)) > 10
+    ds.set_epoch(1)
+    assert torch.equal(ds[2][1], ds[2][1])                                 # reproducible
+    fixed = PretrainDataset([path], [tmp_path / "l.npy"], crop_s=1.0, seed=3)
+    assert {len(fixed[i][1]) for i in range(len(fixed))} == {50}
+    with pytest.raises(ValueError, match="longer than the crop"):
+        PretrainDataset([path], [tmp_path / "l.npy"], crop_s=1.0, min_crop_s=2.0)

@@ -52,3 +52,60 @@ def test_long_sequence_strong_decay_stays_finite():
     args[1] = args[1] + 4.0   # large dt: strong decay per step
     y, s = ssd_chunked(*args, s0, chunk_size=64)
     assert torch.isfinite(y).all() and torch.isfinite(s).all()
+
+
+def rel_err(a, ref):
+    return float((a.detach().double() - ref).abs().max() / ref.abs().max())
+
+
+# --------------------------------------------------------------------------- mixed precision
+
+@pytest.mark.parametrize("shape", [(2, 200, 4, 8, 2, 16, 64), (1, 333, 8, 16, 2, 32, 64)])
+def test_chunked_runs_float32_under_bf16_autocast(shape):
+    """Under bf16 autocast the SSD still computes in float32 (its promise): segment sums, cumulative
+    sums and the states passed between chunks would otherwise go through bf16 matmuls (relative
+    errors of about 1e-2). Oracle: the float64 recurrence; the bound is float32's."""
+    *dims, chunk = shape
+    args64, s64 = random_inputs(*dims, torch.float64, seed=11 + sum(shape))
+    y_ref, s_ref = ssd_recurrent(*args64, s64)
+    args32 = [v.float() for v in args64]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, s = ssd_chunked(*args32, s64.float(), chunk_size=chunk)
+    assert y.dtype == torch.float32 and s.dtype == torch.float32
+    assert rel_err(y, y_ref) <= 1e-5
+    assert rel_err(s, s_ref) <= 1e-5
+
+
+def test_step_runs_float32_under_bf16_autocast():
+    args64, s64 = random_inputs(2, 1, 4, 8, 2, 16, torch.float64, seed=5)
+    x, dt, A, B, C, D, dt_bias = args64
+    y_ref, s_ref = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, dt_bias, s64)
+    f = [v.float() for v in (x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, dt_bias)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, s = ssd_step(*f, s64.float())
+    assert s.dtype == torch.float32
+    assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+
+
+def test_mamba2_state_float32_under_bf16_autocast(monkeypatch):
+    """The whole mixer under autocast: its projections may run in bf16, but the scan's carried state
+    must match a float64 scan of the same (bf16-rounded) scan inputs, not drift like a bf16 scan."""
+    from biomamba import mamba2
+    from biomamba.mamba2 import Mamba2
+
+    torch.manual_seed(0)
+    mixer = Mamba2(32, d_state=16, headdim=8, chunk_size=16)
+    u = torch.randn(2, 150, 32)
+    seen = {}
+
+    def capture(x, dt, A, B, C, D, dt_bias, state, chunk_size):
+        seen["inputs"] = [v.detach().clone() for v in (x, dt, A, B, C, D, dt_bias, state)]
+        return ssd_chunked(x, dt, A, B, C, D, dt_bias, state, chunk_size)
+
+    monkeypatch.setattr(mamba2, "ssd_chunked", capture)   # the mixer's own path, inputs recorded
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, (_, state) = mixer(u)
+    assert state.dtype == torch.float32
+    x, dt, A, B, C, D, dt_bias, s0 = (v.double() for v in seen["inputs"])
+    _, s_ref = ssd_recurrent(x, dt, A, B, C, D, dt_bias, s0)
+    assert rel_err(state, s_ref) <= 1e-5

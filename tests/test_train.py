@@ -253,7 +253,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     runner = CliRunner()
     result = runner.invoke(cli_app("train"), [
         "train", str(data), "--preset", "tiny", "--epochs", "2", "--batch-size", "2", "--lr", "3e-3",
-        "--crop", "1s", "--out", str(out), "--device", "cpu", "--resume"])
+        "--crop", "1s", "--out", str(out), "--device", "cpu", "--resume", "--max-skipped-steps", "0"])
     assert result.exit_code == 1
     message = result.output.strip().splitlines()[-1]
     assert "loss became nan at epoch 2, step 2 of the epoch" in message and str(out / LAST) in message
@@ -268,7 +268,7 @@ def test_nan_raises_training_error_in_library(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "classification_loss",
                         lambda net, batch, state: (torch.tensor(float("inf"), requires_grad=True), {}))
     with pytest.raises(TrainingError, match="epoch 1, step 1"):
-        train(tiny_config(data, tmp_path / "run", epochs=1))
+        train(tiny_config(data, tmp_path / "run", epochs=1, max_skipped_steps=0))
     assert not (tmp_path / "run" / LAST).exists()
 
 
@@ -352,6 +352,31 @@ def test_train_from_beans_listings(tmp_path):
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
     result = train(tiny_config(tmp_path / "train.jsonl", tmp_path / "d", epochs=1, valid_fraction=0.5))
     assert result["metric"] == "map" and json.loads((tmp_path / "d" / "args.json").read_text())["task"] == "detect"
+
+
+def test_split_column_selects_train_and_validation_rows(tmp_path):
+    """Issue 10: a CSV with a `split` column (InsectSet32's files.csv) is read a split at a time by
+    bmamba train (--split, --valid-split) and bmamba eval (--split)."""
+    data = make_class_folder(tmp_path / "clips", per_class=4, seed=3)
+    files = sorted(data.rglob("*.wav"))
+    split_of = {f: ("validation" if f.stem == "0" else "train") for f in files}
+    rows = ["path,label,split"] + [f"clips/{f.parent.name}/{f.name},{f.parent.name},{split_of[f]}" for f in files]
+    listing = tmp_path / "files.csv"
+    listing.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli_app("train", "eval"), [
+        "train", str(listing), "--split", "train", "--valid-split", "validation", "--preset", "tiny",
+        "--epochs", "1", "--batch-size", "4", "--crop", "1s", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "6 training items, 2 validation items" in result.output
+    report = tmp_path / "eval.json"
+    result = CliRunner().invoke(cli_app("train", "eval"), [
+        "eval", str(out), str(listing), "--split", "validation", "--device", "cpu", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["n_items"] == 2
+    result = CliRunner().invoke(cli_app("train", "eval"), [
+        "eval", str(out), str(listing), "--split", "test", "--device", "cpu"])
+    assert result.exit_code != 0 and "no row of split 'test'" in result.output
 
 
 def test_unreadable_files_are_skipped_and_counted(tmp_path):

@@ -20,7 +20,7 @@ from .annotations import (
     read_beans_jsonl,
     read_raven,
 )
-from .windows import class_index, frame_targets, window_starts, window_targets
+from .windows import class_index, events_by_window, frame_targets, window_starts, window_targets
 
 if TYPE_CHECKING:
     from .datasets import ClassificationDataset, DetectionDataset, DetectionWindow, collate_padded
@@ -38,6 +38,7 @@ __all__ = [
     "read_beans_jsonl",
     "read_raven",
     "class_index",
+    "events_by_window",
     "frame_targets",
     "window_starts",
     "window_targets",

@@ -313,9 +313,13 @@ def read_beans_jsonl(path: str | Path) -> list[DetectionItem]:
     return items
 
 
-def read_beans_csv(path: str | Path) -> list[tuple[Path, str]]:
+def read_beans_csv(path: str | Path, split: str | None = None) -> list[tuple[Path, str]]:
     """Read a BEANS classification listing: CSV with a header holding `path` and `label`
-    (other columns are ignored). Relative paths are resolved as `_resolve` says."""
+    (other columns are ignored). Relative paths are resolved as `_resolve` says.
+
+    split: keep only the rows whose `split` column holds this value (e.g. InsectSet32's
+    files.csv: train / validation); the file must then have a `split` column and at least one
+    such row."""
     path = Path(path)
     lines = _read_lines(path)
     reader = csv.reader(lines)
@@ -325,15 +329,24 @@ def read_beans_csv(path: str | Path) -> list[tuple[Path, str]]:
         raise AnnotationError(path, 1, "empty file: expected a header 'path,label'") from None
     if "path" not in header or "label" not in header:
         raise AnnotationError(path, 1, f"header must hold 'path' and 'label'; found {header}")
+    if split is not None and "split" not in header:
+        raise AnnotationError(path, 1, f"no 'split' column to select split {split!r} from; found {header}")
     i_path, i_label = header.index("path"), header.index("label")
-    out = []
+    i_split = header.index("split") if split is not None else None
+    out, splits = [], set()
     for fields in reader:
         number = reader.line_num
         if not any(f.strip() for f in fields):
             continue
-        if len(fields) <= max(i_path, i_label):
+        if len(fields) <= max(i_path, i_label, i_split or 0):
             raise AnnotationError(path, number, f"{len(fields)} fields but the header has {len(header)}")
+        if i_split is not None:
+            splits.add(fields[i_split].strip())
+            if fields[i_split].strip() != split:
+                continue
         if not fields[i_path].strip():
             raise AnnotationError(path, number, "empty path")
         out.append((_resolve(fields[i_path].strip(), path), _label(path, number, fields[i_label])))
+    if split is not None and not out:
+        raise AnnotationError(path, None, f"no row of split {split!r}; its splits: {', '.join(sorted(splits)) or 'none'}")
     return out

@@ -32,7 +32,7 @@ from .layout import (
     class_folder_items,
     is_audio,
 )
-from .windows import class_index, frame_targets, window_starts, window_targets
+from .windows import class_index, events_by_window, frame_targets, window_starts, window_targets
 
 
 def _samples(seconds: float) -> int:
@@ -161,15 +161,19 @@ class ClassificationDataset(Dataset):
         self._duration = _Durations()
 
     @staticmethod
-    def _load(source) -> list[tuple[Path, str]]:
+    def _load(source, split: str | None = None) -> list[tuple[Path, str]]:
+        """(path, label) items of a class folder, a BEANS CSV (only the rows of ``split`` when
+        given: see `read_beans_csv`) or a list."""
         if isinstance(source, str | Path):
             source = Path(source)
             if source.is_dir():
+                if split is not None:
+                    raise ValueError(f"{source}: a split ({split!r}) selects rows of a CSV, not of a folder")
                 return class_folder_items(source)
             if source.suffix.lower() == ".jsonl":
                 raise ValueError(f"{source}: a JSONL listing is for detection (--task detect); clip "
                                  "classification takes a CSV listing (path,label) or a folder per class")
-            return read_beans_csv(source)
+            return read_beans_csv(source, split=split)
         return [(Path(p), str(label)) for p, label in source]
 
     def set_epoch(self, epoch: int) -> None:
@@ -227,7 +231,7 @@ class DetectionWindow:
     path: Path
     start_s: float
     length_s: float  # the recording's length as listed (BEANS "length" or the header's)
-    annotations: tuple[Annotation, ...]
+    annotations: tuple[Annotation, ...]  # all of the recording's (one tuple shared by its windows)
 
 
 class DetectionDataset(Dataset):
@@ -285,11 +289,20 @@ class DetectionDataset(Dataset):
         self.classes: list[str] = classes
         self.unknown_label = unknown_label
         self.window_s, self.hop_s = window_s, hop_s
-        self.windows: list[DetectionWindow] = [
-            DetectionWindow(path, float(start), length, tuple(events))
-            for path, length, events in recordings
-            for start in window_starts(length, window_s, hop_s)
-        ]
+        # Each window keeps its recording's annotations (one shared tuple per recording) and, in
+        # the CSR arrays _offsets/_events, which of them can touch it (`events_by_window`), so a
+        # window's targets cost its own annotations, not all of the recording's.
+        self.windows: list[DetectionWindow] = []
+        offsets, events_of_window = [np.zeros(1, dtype=np.int64)], []
+        for path, length, events in recordings:
+            events = tuple(events)
+            starts = window_starts(length, window_s, hop_s)
+            first, ids = events_by_window(events, starts, self._reach_s(window_s))
+            offsets.append(first[1:] + offsets[-1][-1])
+            events_of_window.append(ids)
+            self.windows += [DetectionWindow(path, float(start), length, events) for start in starts]
+        self._offsets = np.concatenate(offsets)
+        self._events = np.concatenate(events_of_window) if events_of_window else np.zeros(0, dtype=np.int64)
         if not self.windows:
             raise ValueError(f"{source}: no window of {window_s} s fits any recording")
         self.train = train
@@ -339,12 +352,24 @@ class DetectionDataset(Dataset):
         )
         return _fit(audio, n)
 
+    @staticmethod
+    def _reach_s(window_s: float) -> float:
+        """How far past a window's start its targets look: the window, or its frames when
+        ceil(window / 20 ms) frames reach a little further."""
+        return max(window_s, -(-_samples(window_s) // HOP) * HOP / SAMPLE_RATE)
+
+    def window_annotations(self, index: int) -> list[Annotation]:
+        """The annotations that overlap window ``index`` (from the time index, not a scan)."""
+        w = self.windows[index]
+        return [w.annotations[j] for j in self._events[self._offsets[index]:self._offsets[index + 1]]]
+
     def targets(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(frame targets [T, C], window target [C]) of a window, without reading audio."""
         w = self.windows[index]
-        frames = frame_targets(w.annotations, self.n_frames, self.classes, offset_s=w.start_s,
+        events = self.window_annotations(index)
+        frames = frame_targets(events, self.n_frames, self.classes, offset_s=w.start_s,
                                unknown_label=self.unknown_label)
-        window = window_targets(w.annotations, np.array([w.start_s]), self.window_s, self.classes,
+        window = window_targets(events, np.array([w.start_s]), self.window_s, self.classes,
                                 unknown_label=self.unknown_label)[0]
         return frames, window
 

@@ -111,3 +111,35 @@ def frame_targets(
         overlap = np.minimum(t + 1, b) - np.maximum(t, a)
         targets[overlap >= 0.5 - slack, c] = 1.0
     return targets
+
+
+def events_by_window(annotations: Sequence[Any], starts: np.ndarray, reach_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which annotations can touch which window, indexed by time: O(n_windows + n_events log n_windows
+    + pairs), not O(windows x annotations).
+
+    Window i spans the closed interval [starts[i], starts[i] + reach_s] (starts sorted ascending;
+    reach_s: the longest span its targets read, e.g. max(window, frames x 20 ms)). Returns CSR
+    arrays (offsets [n_windows + 1] int64, events [n_pairs] int64): the annotations of window i
+    are ``annotations[j] for j in events[offsets[i]:offsets[i + 1]]``, in annotation order. The
+    selection errs on the wide side by 1e-6 s, so it holds every annotation that overlaps the
+    window (and perhaps one that only touches it); `window_targets` and `frame_targets` give the
+    same result on it as on all the recording's annotations.
+    """
+    starts = np.asarray(starts, dtype=np.float64)
+    n_windows = len(starts)
+    if len(annotations) == 0 or n_windows == 0:
+        return np.zeros(n_windows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    a = np.array([float(e.start_s) for e in annotations])
+    b = np.array([float(e.end_s) for e in annotations])
+    slack = 1e-6
+    first = np.searchsorted(starts, a - reach_s - slack, side="left")   # start + reach >= a
+    last = np.searchsorted(starts, b + slack, side="right")             # start <= b
+    counts = np.maximum(last - first, 0)
+    total = int(counts.sum())
+    event_ids = np.repeat(np.arange(len(annotations)), counts)
+    # window ids: first[j], first[j] + 1, ..., last[j] - 1 for each event j, flattened
+    run_start = np.repeat(np.cumsum(counts) - counts, counts)
+    window_ids = np.repeat(first, counts) + (np.arange(total) - run_start)
+    order = np.argsort(window_ids, kind="stable")                        # keeps annotation order
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(window_ids, minlength=n_windows))])
+    return offsets.astype(np.int64), event_ids[order].astype(np.int64)

@@ -85,11 +85,11 @@ def _is_audio(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in AUDIO_EXTENSIONS
 
 
-def classification_items(source: Path) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+def classification_items(source: Path, split: str | None = None) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
     """(readable (path, label) items, unreadable (path, reason)) of a class folder or BEANS CSV.
     Each file's header is read once, so a broken file is reported here, not mid-epoch."""
     items, bad = [], []
-    for path, label in ClassificationDataset._load(Path(source)):
+    for path, label in ClassificationDataset._load(Path(source), split):
         try:
             info = audio_info(path)
             if info.frames == 0:
@@ -270,13 +270,15 @@ def evaluate(
     plot: str | Path | None = None,
     report: str | Path | None = None,
     workers: int = 0,
+    split: str | None = None,
 ) -> dict:
     """Score a checkpoint (a folder, or a run folder: its best/ else last/) on labelled data.
 
     The task is the checkpoint's. Classification clips run whole unless ``crop_s`` (centred
     crop). Detection windows default to the ones the model was trained with (its config), else
     BEANS's dcase 2 s / 1 s. ``plot``: a confusion matrix (classify) or precision-recall curves
-    (detect) as PNG. ``report``: the returned dict as JSON (NaN written as null).
+    (detect) as PNG. ``report``: the returned dict as JSON (NaN written as null). ``split``: a
+    classification CSV's rows whose `split` column holds this value (InsectSet32: validation).
 
     Raises ValueError (bad data, unknown labels, a checkpoint without classes).
     """
@@ -289,10 +291,12 @@ def evaluate(
     trained = getattr(model, "training_info", {}) or {}
     unknown_label = unknown_label if unknown_label is not None else trained.get("unknown_label")
     classes = model.classes
-    result: dict = {"checkpoint": str(checkpoint), "data": str(data), "task": model.task,
+    if split is not None and model.task != "classify":
+        raise ValueError(f"--split {split!r}: selects rows of a classification CSV, not of detection data")
+    result: dict = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "task": model.task,
                     "architecture": model.architecture, "classes": classes}
     if model.task == "classify":
-        items, bad = classification_items(Path(data))
+        items, bad = classification_items(Path(data), split)
         if not items:
             raise ValueError(f"{data}: no readable recordings ({len(bad)} unreadable)")
         dataset = ClassificationDataset(items, classes=classes, unknown_label=unknown_label, crop_s=crop_s)

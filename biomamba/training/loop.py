@@ -10,6 +10,7 @@ So on the CPU, with the same seed, a resumed run gives the same weights as an un
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -153,25 +154,73 @@ class Progress:
 # --------------------------------------------------------------------------- sampler
 
 
-class EpochSampler(Sampler[int]):
-    """This rank's indices of an epoch: DistributedSampler's (a permutation seeded by seed + epoch,
-    padded to a multiple of the world size, every world_size-th from rank), minus the first
-    ``skip`` already trained on (a resume in the middle of an epoch)."""
+class EpochSampler(Sampler[tuple[int, int]]):
+    """This rank's items of an epoch as (epoch, index): DistributedSampler's indices (a permutation
+    seeded by seed + epoch, padded to a multiple of the world size, every world_size-th from
+    rank), minus the first ``skip`` already trained on (a resume in the middle of an epoch). The
+    epoch travels with each index (`EpochItems`), so persistent DataLoader workers, which hold their
+    own copy of the dataset, still draw each epoch's crops."""
 
     def __init__(self, dataset: Dataset, dist: Distributed, shuffle: bool, seed: int):
         self.inner = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank,
                                         shuffle=shuffle, seed=seed, drop_last=False)
         self.skip = 0
+        self.epoch = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.inner.set_epoch(epoch)
-        self.skip = skip
+        self.epoch, self.skip = epoch, skip
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(self.inner)[self.skip:])
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(self.epoch, i) for i in list(self.inner)[self.skip:]])
 
     def __len__(self) -> int:
         return max(0, len(self.inner) - self.skip)
+
+
+class EpochItems(Dataset):
+    """A dataset indexed by (epoch, index): sets the epoch of the dataset it wraps (in whichever
+    process, worker or main, makes the item) before getting the item."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch") and getattr(self, "_epoch", None) != epoch:
+            self.dataset.set_epoch(epoch)
+            self._epoch = epoch
+        return self.dataset[index]
+
+
+def default_workers() -> int:
+    """DataLoader workers when none are asked for: half the cores (at most 4), so that decoding
+    and cropping overlap the model; 0 on a single core or where worker processes cannot start
+    (no multiprocessing, e.g. some sandboxes)."""
+    import multiprocessing
+    import os
+
+    try:
+        multiprocessing.get_context()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    except (OSError, ValueError, NotImplementedError):
+        return 0
+    return min(4, cores // 2)
+
+
+def _groups(loader, n: int) -> Iterator[list]:
+    """Consecutive batches in groups of n (the last group of an epoch may be shorter)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 # --------------------------------------------------------------------------- stop requests
@@ -214,14 +263,22 @@ def _in_main_thread() -> bool:
 class LoopConfig:
     """How `fit` runs. ``epochs``: passes over the training set; ``max_steps``: stop after this
     many optimizer steps in all (whichever comes first). ``metric``: the validation key that picks
-    ``best/`` (higher is better). ``save_every``: also checkpoint every so many steps."""
+    ``best/`` (higher is better). ``save_every``: also checkpoint every so many steps.
+    ``accumulate``: batches of ``batch_size`` per optimizer step (gradients summed, each batch's
+    loss divided by the number of batches in the step: equal to one step on their union).
+    ``max_skipped_steps``: a step whose loss or gradient is not finite is skipped (no update; a
+    bf16 batch can overflow once in a long run); the run stops with NonFiniteLossError when more
+    than this many were skipped in all. ``workers``: DataLoader processes (None:
+    `default_workers`), kept alive across epochs."""
 
     out: Path
     epochs: int
     batch_size: int
     seed: int = 0
     max_steps: int | None = None
-    workers: int = 0
+    workers: int | None = 0
+    accumulate: int = 1
+    max_skipped_steps: int = 10
     grad_clip: float | None = None
     metric: str | None = None
     save_every: int | None = None
@@ -237,6 +294,7 @@ class LoopState:
     epoch: int = 0               # the epoch in progress (or next to start)
     step_in_epoch: int = 0       # optimizer steps done in that epoch
     global_step: int = 0
+    skipped_steps: int = 0       # steps skipped for a non-finite loss or gradient
     best_metric: float | None = None
     best_epoch: int | None = None
     history: list = field(default_factory=list)
@@ -305,10 +363,13 @@ def fit(
         net = nn.parallel.DistributedDataParallel(
             module, device_ids=[run.device.index] if run.device.type == "cuda" else None)
 
+    if cfg.accumulate < 1 or cfg.max_skipped_steps < 0:
+        raise ValueError("accumulate must be >= 1 and max_skipped_steps >= 0")
+    workers = default_workers() if cfg.workers is None else cfg.workers
     sampler = EpochSampler(dataset, dist, cfg.shuffle, cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.workers, pin_memory=run.device.type == "cuda",
-                        persistent_workers=False)
+    loader = DataLoader(EpochItems(dataset), batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=workers, pin_memory=run.device.type == "cuda",
+                        persistent_workers=workers > 0)
     progress = Progress(dist.is_main)
     params = [p for p in module.parameters() if p.requires_grad]
 
@@ -333,46 +394,65 @@ def fit(
             epoch = state.epoch
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
-            sampler.set_epoch(epoch, skip=state.step_in_epoch * cfg.batch_size)
+            sampler.set_epoch(epoch, skip=state.step_in_epoch * cfg.batch_size * cfg.accumulate)
             train_mode()
-            started, sums, count, items = time.time(), {}, 0, 0.0
-            progress.start(f"{cfg.what} epoch {epoch + 1}/{cfg.epochs}", len(loader))
+            started, sums, count, good, items = time.time(), {}, 0, 0, 0.0
+            steps_left = math.ceil(len(loader) / cfg.accumulate)
+            progress.start(f"{cfg.what} epoch {epoch + 1}/{cfg.epochs}", steps_left)
             try:
-                for batch in loader:
-                    batch = {k: v.to(run.device, non_blocking=True) if torch.is_tensor(v) else v
-                             for k, v in batch.items()}
-                    with run.autocast():
-                        loss, stats = loss_fn(net, batch, state)
-                    mean_loss, stop_now = _reduce_loss_and_stop(loss, stop.requested, dist, run.device)
-                    if not math.isfinite(mean_loss):
-                        raise NonFiniteLossError(
-                            f"the {cfg.what} loss became {mean_loss} at epoch {epoch + 1}, step "
-                            f"{state.step_in_epoch + 1} of the epoch (step {state.global_step + 1} in all); "
-                            f"stopped, and {out / LAST} keeps the last good checkpoint "
-                            f"(try a lower --lr, --amp none, or check the data)")
+                for group in _groups(loader, cfg.accumulate):
                     optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                    norm = (nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip
-                            else _grad_norm(params))
-                    if not scaler.is_enabled() and not torch.isfinite(norm):
-                        raise NonFiniteLossError(
-                            f"the gradient became {float(norm)} at epoch {epoch + 1}, step "
-                            f"{state.step_in_epoch + 1} of the epoch (step {state.global_step + 1} in all); "
-                            f"stopped, and {out / LAST} keeps the last good checkpoint "
-                            f"(try a lower --lr or --grad-clip)")
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
+                    losses, step_stats = [], {}
+                    for i, batch in enumerate(group):
+                        batch = {k: v.to(run.device, non_blocking=True) if torch.is_tensor(v) else v
+                                 for k, v in batch.items()}
+                        # DDP averages gradients on the group's last backward only
+                        sync = not dist.enabled or i == len(group) - 1
+                        with contextlib.nullcontext() if sync else net.no_sync():
+                            with run.autocast():
+                                loss, stats = loss_fn(net, batch, state)
+                            scaler.scale(loss / len(group)).backward()
+                        losses.append(loss.detach().float())
+                        for k, v in stats.items():
+                            step_stats[k] = step_stats.get(k, 0.0) + float(v) / len(group)
+                        items += items_per_batch(batch) if items_per_batch else len(next(iter(batch.values())))
+                    mean_loss, stop_now = _reduce_loss_and_stop(torch.stack(losses).mean(), stop.requested,
+                                                                dist, run.device)
+                    bad = None if math.isfinite(mean_loss) else f"the {cfg.what} loss became {mean_loss}"
+                    if bad is None:
+                        scaler.unscale_(optimizer)
+                        norm = (nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip
+                                else _grad_norm(params))
+                        if not scaler.is_enabled() and not torch.isfinite(norm):
+                            bad = f"the gradient became {float(norm)}"
+                    if bad is None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                        scheduler.step()
+                        good += 1
+                        for k, v in {"loss": mean_loss, **step_stats}.items():
+                            sums[k] = sums.get(k, 0.0) + float(v)
+                    else:
+                        optimizer.zero_grad(set_to_none=True)
+                        state.skipped_steps += 1
+                        where = (f"at epoch {epoch + 1}, step {state.step_in_epoch + 1} of the epoch "
+                                 f"(step {state.global_step + 1} in all)")
+                        if state.skipped_steps > cfg.max_skipped_steps:
+                            raise NonFiniteLossError(
+                                f"{bad} {where}; {state.skipped_steps} non-finite step(s), more than the "
+                                f"{cfg.max_skipped_steps} a run may skip (--max-skipped-steps): stopped, and "
+                                f"{out / LAST} keeps the last good checkpoint "
+                                f"(try a lower --lr or --grad-clip, --amp none, or check the data)")
+                        progress.print(f"skipped a step: {bad} {where} "
+                                       f"({state.skipped_steps} of at most {cfg.max_skipped_steps})")
+                    # a skipped step still moves the data position (resume stays exact), not the schedule
                     state.step_in_epoch += 1
                     state.global_step += 1
                     count += 1
-                    items += items_per_batch(batch) if items_per_batch else len(next(iter(batch.values())))
-                    for k, v in {"loss": mean_loss, **stats}.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
                     rate = items / max(time.time() - started, 1e-9)
                     unit = "audio-s/s" if items_per_batch else "items/s"
-                    progress.update(1, f"loss {sums['loss'] / count:.4f}  {rate:.1f} {unit}")
+                    shown = f"loss {sums['loss'] / good:.4f}" if good else "loss -"
+                    progress.update(1, f"{shown}  {rate:.1f} {unit}")
                     if stop_now:
                         raise TrainingInterrupted("stop requested")
                     if cfg.save_every and state.global_step % cfg.save_every == 0:
@@ -396,11 +476,12 @@ def fit(
                         f"interrupted at epoch {epoch + 1}; saved {out / LAST}; continue with --resume") from None
                 raise
             progress.stop()
-            epoch_complete = count == len(loader)  # else max_steps stopped it part-way
+            epoch_complete = count == steps_left  # else max_steps stopped it part-way
             metrics = validate() if (validate is not None and dist.is_main) else {}
             barrier(dist)
             line = {"epoch": epoch + 1, "step": state.global_step,
-                    **{f"train_{k}": v / max(count, 1) for k, v in sums.items()},
+                    **{f"train_{k}": v / max(good, 1) for k, v in sums.items()},
+                    **({"skipped_steps": count - good} if count > good else {}),
                     **{f"valid_{k}": v for k, v in metrics.items() if isinstance(v, int | float)},
                     "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 3)}
             state.history.append(line)

@@ -15,7 +15,10 @@ new head is made. The convolutional front end is frozen by default (as in the pa
 wav2vec2/HuBERT fine-tuning freeze their feature encoder): its conv layers get no gradient and
 stay in eval mode; the projection to d_model (LayerNorm + Linear) still trains.
 
-Without ``valid``, ``valid_fraction`` of the recordings is held out, chosen with the seed:
+A classification CSV with a `split` column (InsectSet32's files.csv) is read a split at a time:
+``split`` selects the training rows, ``valid_split`` the validation rows (of ``valid``, default the
+same CSV). Without either of ``valid`` / ``valid_split``, ``valid_fraction`` of the recordings is
+held out, chosen with the seed:
 classification per class; detection by recording, or, with a single recording, its last
 ``valid_fraction`` of windows (windows overlapping the boundary are dropped).
 
@@ -57,12 +60,20 @@ from .evaluate import (
     infer_task,
     window_batches,
 )
-from .loop import LoopConfig, Run, WarmupDecay, fit, parameter_groups, seed_everything
+from .loop import (
+    LoopConfig,
+    Run,
+    WarmupDecay,
+    default_workers,
+    fit,
+    parameter_groups,
+    seed_everything,
+)
 from .runs import check_choice, prepare_out
 
 # args.json keys that must not change when a run is resumed
 RESUME_KEYS = ("data", "task", "preset", "architecture", "batch_size", "seed", "crop_s", "window_s",
-               "hop_s", "valid", "valid_fraction", "pooling", "freeze_frontend")
+               "hop_s", "valid", "valid_fraction", "pooling", "freeze_frontend", "split", "valid_split")
 
 
 @dataclass
@@ -74,6 +85,8 @@ class TrainConfig:
     task: str | None = None              # None: from the data (see evaluate.infer_task)
     valid: Path | None = None
     valid_fraction: float = 0.2
+    split: str | None = None             # classify CSV: only the rows whose `split` column is this
+    valid_split: str | None = None       # ... and of --valid (e.g. InsectSet32: train / validation)
     preset: str = "base"
     architecture: str | None = None      # None: biomamba, or the init checkpoint's
     init: Path | None = None
@@ -99,7 +112,9 @@ class TrainConfig:
     background_prob: float = 0.5
     device: str = "auto"
     amp: str = "auto"
-    workers: int = 0
+    workers: int | None = None           # None: loop.default_workers()
+    accumulate: int = 1                  # batches per optimizer step
+    max_skipped_steps: int = 10          # non-finite steps skipped before the run stops
     seed: int = 0
     resume: bool = False
 
@@ -170,7 +185,7 @@ def build_datasets(cfg: TrainConfig, task: str):
     augment = dict(gain_db=cfg.gain_db, backgrounds=list(cfg.backgrounds), snr_db=cfg.background_snr_db,
                    background_prob=cfg.background_prob)   # used by training datasets only (train=True)
     if task == "classify":
-        items, bad = classification_items(Path(cfg.data))
+        items, bad = classification_items(Path(cfg.data), cfg.split)
         notes += [f"skipped unreadable {p}: {r}" for p, r in bad]
         if not items:
             raise ValueError(f"{cfg.data}: no readable recordings ({len(bad)} unreadable)")
@@ -181,16 +196,20 @@ def build_datasets(cfg: TrainConfig, task: str):
 
         full_train = make(items, True)
         classes = full_train.classes
-        if cfg.valid is not None:
-            v_items, v_bad = classification_items(Path(cfg.valid))
+        valid_source = cfg.valid if cfg.valid is not None else (cfg.data if cfg.valid_split else None)
+        if valid_source is not None:
+            v_items, v_bad = classification_items(Path(valid_source), cfg.valid_split)
             notes += [f"skipped unreadable {p}: {r}" for p, r in v_bad]
             valid = make(v_items, False, classes)
             if valid.classes != classes:
-                raise ValueError(f"{cfg.valid}: labels not in the training classes {classes}")
+                raise ValueError(f"{valid_source}: labels not in the training classes {classes}")
             return full_train, valid, classes, notes
         train_idx, valid_idx = split_classification([y for _, y in full_train.items], cfg.valid_fraction, cfg.seed)
         valid = _Subset(make(items, False, classes), valid_idx) if valid_idx else None
         return _Subset(full_train, train_idx), valid, classes, notes
+
+    if cfg.split is not None or cfg.valid_split is not None:
+        raise ValueError("--split / --valid-split select rows of a classification CSV, not of detection data")
 
     def make_det(source, train: bool, classes=None):
         ds = CheckedDetectionDataset(Path(source), window_s=cfg.window_s, hop_s=cfg.hop_s, classes=classes,
@@ -253,6 +272,8 @@ def check_options(cfg: TrainConfig) -> None:
     check_choice("--pooling", cfg.pooling, ("mean", "attention"))
     check_choice("--amp", cfg.amp, AMP_CHOICES)
     check_choice("--preset", cfg.preset, tuple(PRESETS))
+    if cfg.accumulate < 1 or cfg.max_skipped_steps < 0:
+        raise ValueError("--accumulate must be >= 1 and --max-skipped-steps >= 0")
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
         raise ValueError("--batch-size, --epochs and --lr must be positive")
     if not 0 <= cfg.valid_fraction < 1:
@@ -300,7 +321,7 @@ def train(cfg: TrainConfig) -> dict:
         validate = None
         if valid_set is not None:
             loader = DataLoader(valid_set, batch_size=cfg.batch_size, collate_fn=collate_padded,
-                                num_workers=cfg.workers)
+                                num_workers=default_workers() if cfg.workers is None else cfg.workers)
 
             def validate() -> dict:
                 if task == "classify":
@@ -312,6 +333,7 @@ def train(cfg: TrainConfig) -> dict:
 
         loop = LoopConfig(out=cfg.out, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                              max_steps=cfg.max_steps, workers=cfg.workers, grad_clip=cfg.grad_clip,
+                             accumulate=cfg.accumulate, max_skipped_steps=cfg.max_skipped_steps,
                              metric=metric if valid_set is not None else None, resume=cfg.resume)
         echo(dist, f"bmamba train: {task}, {len(classes)} classes, {len(train_set)} training items, "
                       f"{len(valid_set) if valid_set is not None else 0} validation items, "

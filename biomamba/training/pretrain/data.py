@@ -20,15 +20,21 @@ class PretrainDataset(Dataset):
 
     A recording of F label frames gives max(1, F // crop_frames) items; each item is a random
     crop of crop_frames frames (the whole recording when shorter), drawn from (seed, epoch, item).
+    With ``min_crop_s`` the crop's length is drawn too, uniformly between min_crop_s and crop_s
+    (HuBERT crops 2-15.6 s), so that the encoder sees contexts of many lengths.
     Items: (audio float32 [80 + 320 T]: the crop with its 80 samples of left context, zeros at the
     recording's start and past its end; labels int64 [T]).
     """
 
-    def __init__(self, files: Sequence[Path], label_files: Sequence[Path], crop_s: float, seed: int = 0):
+    def __init__(self, files: Sequence[Path], label_files: Sequence[Path], crop_s: float, seed: int = 0,
+                 min_crop_s: float | None = None):
         self.files, self.label_files = list(files), list(label_files)
         self.frames = [int(np.load(p, mmap_mode="r").shape[0]) for p in self.label_files]
         self.durations = [audio_info(f).duration_s for f in self.files]
         self.crop = max(1, int(round(crop_s * SAMPLE_RATE / HOP)))
+        self.min_crop = self.crop if min_crop_s is None else max(1, int(round(min_crop_s * SAMPLE_RATE / HOP)))
+        if self.min_crop > self.crop:
+            raise ValueError(f"the shortest crop ({min_crop_s} s) is longer than the crop ({crop_s} s)")
         self.items = [i for i, n in enumerate(self.frames) for _ in range(max(1, n // self.crop))]
         self.seed, self.epoch = seed, 0
 
@@ -41,8 +47,10 @@ class PretrainDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.items[index]
         total = self.frames[f]
-        n = min(total, self.crop)
-        start = int(np.random.default_rng((self.seed, self.epoch, index)).integers(0, total - n + 1))
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        length = int(rng.integers(self.min_crop, self.crop + 1)) if self.min_crop < self.crop else self.crop
+        n = min(total, length)
+        start = int(rng.integers(0, total - n + 1))
         begin, end = start * HOP - CONTEXT, (start + n) * HOP
         offset = max(begin, 0) / SAMPLE_RATE
         duration = None if end / SAMPLE_RATE >= self.durations[f] else end / SAMPLE_RATE - offset

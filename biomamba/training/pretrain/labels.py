@@ -3,6 +3,7 @@ them, and one label file per recording. See `biomamba.training.pretrain`."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -128,14 +129,28 @@ def layer_features(model: AudioModel, layer: int, path: str | Path, chunk_s: flo
 
 
 class _FileFeatures:
-    """A re-iterable stream of feature blocks over some recordings, in the order given."""
+    """A re-iterable stream of feature blocks over some recordings, interleaved: blocks are taken
+    in turn from ``open_files`` recordings at a time (the next recording, in the order given,
+    takes the place of one that ends), so that k-means's shuffle buffer holds pieces of many
+    recordings, not one or two long ones (a 10-minute recording is 30,000 frames)."""
 
-    def __init__(self, files: Sequence[Path], features: Callable[[Path], Iterator[np.ndarray]]):
-        self.files, self.features = list(files), features
+    def __init__(self, files: Sequence[Path], features: Callable[[Path], Iterator[np.ndarray]],
+                 open_files: int = 16):
+        self.files, self.features, self.open_files = list(files), features, max(1, open_files)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        for f in self.files:
-            yield from self.features(f)
+        waiting = iter(self.files)
+        active = [iter(self.features(f)) for f in itertools.islice(waiting, self.open_files)]
+        while active:
+            for stream in list(active):
+                block = next(stream, None)
+                if block is not None:
+                    yield block
+                    continue
+                active.remove(stream)
+                following = next(waiting, None)
+                if following is not None:
+                    active.append(iter(self.features(following)))
 
 
 @dataclass
@@ -182,8 +197,10 @@ def build_labels(files: Sequence[Path], frames: Sequence[int], features: Callabl
         chosen = choose_kmeans_files(files, frames, k, opts)
         log(f"bmamba pretrain: k-means, {k} clusters on {source} features of {len(chosen)} of "
             f"{len(files)} recordings")
+        # the initial centres from a uniform sample of all the chosen recordings (an extra pass),
+        # not from the first ones: with reassignment 0 a centre never leaves where it starts
         centroids = fit_kmeans(_FileFeatures(chosen, features), k, seed=opts.seed,
-                               batch_size=max(opts.batch_size, k), n_init=opts.n_init)
+                               batch_size=max(opts.batch_size, k), n_init=opts.n_init, reservoir_init=True)
         save_centroids(folder / "centroids.npy", centroids)
     barrier(dist)
     centroids = load_centroids(folder / "centroids.npy")

@@ -71,6 +71,7 @@ class PretrainConfig:
     cnn_grad_scale: float = 0.1
     steps: int = 100_000
     crop_s: float = 5.0
+    min_crop_s: float | None = None      # random crop lengths in [min_crop_s, crop_s] (None: all crop_s)
     batch_size: int = 8
     lr: float = 5e-4
     warmup_fraction: float = 0.08
@@ -84,13 +85,15 @@ class PretrainConfig:
     labels_only: bool = False
     device: str = "auto"
     amp: str = "auto"
-    workers: int = 0
+    workers: int | None = None           # None: loop.default_workers()
+    accumulate: int = 1                  # batches per optimizer step
+    max_skipped_steps: int = 10          # non-finite steps skipped before the run stops
     seed: int = 0
     resume: bool = False
 
 
 RESUME_KEYS = ("audio", "phase", "clusters", "init", "labels_from", "layer", "recipe", "architecture", "future_frames",
-               "preset", "mask_prob", "mask_length", "crop_s", "batch_size", "seed", "steps")
+               "preset", "mask_prob", "mask_length", "crop_s", "min_crop_s", "batch_size", "seed", "steps")
 
 
 def _weights_digest(model: nn.Module) -> str:
@@ -168,6 +171,10 @@ def check_options(cfg: PretrainConfig) -> None:
         raise ValueError("need --steps >= 1, --batch-size >= 1, --lr > 0, --clusters >= 2")
     if not 0 < cfg.kmeans_fraction <= 1:
         raise ValueError(f"--kmeans-fraction must be in (0, 1], got {cfg.kmeans_fraction}")
+    if cfg.min_crop_s is not None and not 0 < cfg.min_crop_s <= cfg.crop_s:
+        raise ValueError(f"--min-crop must be in (0, --crop], got {cfg.min_crop_s} with --crop {cfg.crop_s}")
+    if cfg.accumulate < 1 or cfg.max_skipped_steps < 0:
+        raise ValueError("--accumulate must be >= 1 and --max-skipped-steps >= 0")
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
@@ -214,7 +221,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                                       betas=(0.9, 0.98), eps=1e-6)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, WarmupDecay(round(cfg.warmup_fraction * cfg.steps), cfg.steps))
-        dataset = PretrainDataset(files, label_files, cfg.crop_s, cfg.seed)
+        dataset = PretrainDataset(files, label_files, cfg.crop_s, cfg.seed, cfg.min_crop_s)
         batches_per_epoch = max(1, math.ceil(math.ceil(len(dataset) / dist.world_size) / cfg.batch_size))
         # The Transformer sees both sides already: teacher and student are one model, HuBERT's recipe.
         recipe = "hubert" if cfg.architecture == "transformer" else cfg.recipe
@@ -246,6 +253,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         loop = LoopConfig(out=cfg.out, epochs=math.ceil(cfg.steps / batches_per_epoch),
                              batch_size=cfg.batch_size, seed=cfg.seed, max_steps=cfg.steps, workers=cfg.workers,
                              grad_clip=cfg.grad_clip, save_every=cfg.save_every, resume=cfg.resume,
+                             accumulate=cfg.accumulate, max_skipped_steps=cfg.max_skipped_steps,
                              what="pretrain")
         echo(dist, f"bmamba pretrain: phase {cfg.phase}, recipe {recipe}, {type(encoder).__name__} "
                       f"{encoder.num_parameters():,} parameters, {len(files)} recordings, {len(dataset)} crops "

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# InsectSet32 (32 insect species; Faiss & Stowell 2023, CC BY 4.0): train on the dataset's `train`
+# split, select on its `validation` split, never touch its test split (held out, not here).
+# BioMamba and the Transformer baseline at the same preset, from scratch and (with $RECIPES)
+# pre-trained, each seed in $SEEDS. Writes recipes/results/$RESULTS_NAME.{json,md} through
+# recipes/collect_insectset32.py. Only the `bmamba` CLI is used.
+#
+#   recipes/insectset32.sh                                  # the full recipe, into $WORK
+#   SEEDS=0 EPOCHS=30 RECIPES= recipes/insectset32.sh       # a reduced run (one seed, no pre-training)
+#   DEVICE=cuda SIZES="edge base" recipes/insectset32.sh    # larger sizes are for a GPU
+#
+# Re-running skips every step already recorded in $WORK/times.tsv (delete a line to redo it).
+#
+# What each run does (say it in any table made from it):
+# - training: random crops of $CROP from the train split (shorter recordings zero-padded),
+#   batch $BATCH, Adam lr $LR, $EPOCHS epochs; from scratch the front end trains too
+#   (--no-freeze-frontend: a random frozen front end would only be noise); a pre-trained encoder
+#   keeps its front end frozen (the paper's protocol). Each epoch is scored on the centred $CROP
+#   of every validation recording and the best epoch is kept (best/): selection on validation.
+# - evaluation: `bmamba eval best/` on every validation recording WHOLE (no crop: the causal
+#   model runs over the full length, frame logits mean-pooled over all of it).
+# - speed: each BioMamba's best/ is exported (`bmamba export`, portable fp32) and timed with
+#   `bmamba detect --report` over the validation recordings (x real time = audio s / wall s).
+#   The Transformer cannot be exported (it attends over the whole recording), so it has no speed.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${WORK:-/work/runs/insectset32}
+BMAMBA=${BMAMBA:-bmamba}
+PYTHON=${PYTHON:-python}
+REAL=${BMAMBA_REAL_DATA:-$REPO/../shared/data/real}   # the real-data root (recipes/layout.py's too)
+DATA=${DATA:-$REAL/insectset32/files.csv}
+
+DEVICE=${DEVICE:-auto}
+SEEDS=${SEEDS:-"0 1 2"}
+SIZES=${SIZES:-"edge tiny"}
+ARCHS=${ARCHS:-"biomamba transformer"}
+# fine-tuning budget, the same for every model
+EPOCHS=${EPOCHS:-60}
+BATCH=${BATCH:-16}
+LR=${LR:-1e-3}
+CROP=${CROP:-5s}
+# pre-training (BioMamba recipes; the Transformer gets HuBERT's): empty RECIPES skips it
+RECIPES=${RECIPES-"bidirectional-teacher"}     # RECIPES= (set, empty) runs none
+PT_STEPS=${PT_STEPS:-2000}
+PT_BATCH=${PT_BATCH:-8}
+RESULTS_NAME=${RESULTS_NAME:-insectset32}
+# One thread: the development machine's 2 cores are shared. Use your core count on a free machine.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+mkdir -p "$WORK/eval" "$WORK/speed"
+. "$REPO/recipes/timed.sh"
+cd "$REPO"
+
+# files.csv is a BEANS CSV with a `split` column: --split / --valid-split select its rows (its 4
+# `unlisted` rows are used nowhere). The validation recordings, for timing `bmamba detect`:
+listing() {
+  "$PYTHON" -c 'import sys; from biomamba.data import read_beans_csv
+print("\n".join(str(p) for p, _ in read_beans_csv(sys.argv[1], split=sys.argv[2])))' "$DATA" "$1"
+}
+mapfile -t VALID_AUDIO < <(listing validation)
+
+# finetune NAME SEED [train options...]: train, evaluate whole validation recordings, and (BioMamba)
+# export and time the exported model once per NAME.
+finetune() {
+  local name=$1 seed=$2; shift 2
+  local run="$WORK/ft/$name/seed$seed"
+  timed "train-$name-seed$seed" $BMAMBA train "$DATA" --split train --valid-split validation \
+      --epochs "$EPOCHS" --batch-size "$BATCH" --lr "$LR" --crop "$CROP" --seed "$seed" \
+      --device "$DEVICE" --out "$run" "$@"
+  timed "eval-$name-seed$seed" $BMAMBA eval "$run/best" "$DATA" --split validation --device "$DEVICE" \
+      --report "$WORK/eval/$name-seed$seed.json"
+  if [[ $name == biomamba-* ]]; then
+    timed "export-$name-seed$seed" $BMAMBA export "$run/best" --out "$WORK/export/$name-seed$seed" \
+        --variant portable
+    timed "speed-$name-seed$seed" $BMAMBA detect "${VALID_AUDIO[@]}" --model "$WORK/export/$name-seed$seed" \
+        --out "$WORK/speed/$name-seed$seed" --no-resume --quiet --threads "$OMP_NUM_THREADS" \
+        --report "$WORK/speed/$name-seed$seed.json"
+  fi
+}
+
+# 1. From scratch.
+for seed in $SEEDS; do
+  for arch in $ARCHS; do
+    for size in $SIZES; do
+      finetune "$arch-$size-scratch" "$seed" --preset "$size" --architecture "$arch" --no-freeze-frontend
+    done
+  done
+done
+
+# 2. Pre-training on every unlabelled recording we have except the validation split (labels unused):
+#    InsectSet32 train plus recipes/layout.py's pre-training list (maad soundscape, oss field recordings).
+if [[ -n $RECIPES ]]; then
+  BMAMBA_REAL_DATA=$REAL "$PYTHON" recipes/layout.py pretrain "$WORK"
+  mapfile -t PT_AUDIO < <(cat "$WORK/pretrain_audio.txt"; listing train)
+  for size in $SIZES; do
+    PT_COMMON=(--preset "$size" --steps "$PT_STEPS" --batch-size "$PT_BATCH" --seed 0 --device "$DEVICE")
+    for recipe in $RECIPES; do
+      timed "pretrain-$recipe-$size-p1" $BMAMBA pretrain "${PT_AUDIO[@]}" "${PT_COMMON[@]}" \
+          --recipe "$recipe" --phase 1 --out "$WORK/pt/$recipe-$size-p1"
+      timed "pretrain-$recipe-$size-p2" $BMAMBA pretrain "${PT_AUDIO[@]}" "${PT_COMMON[@]}" \
+          --recipe "$recipe" --phase 2 --init "$WORK/pt/$recipe-$size-p1/last" --out "$WORK/pt/$recipe-$size-p2"
+      for seed in $SEEDS; do
+        finetune "biomamba-$size-$recipe" "$seed" --init "$WORK/pt/$recipe-$size-p2/last"
+      done
+    done
+    if [[ $ARCHS == *transformer* ]]; then
+      timed "pretrain-transformer-$size-p1" $BMAMBA pretrain "${PT_AUDIO[@]}" "${PT_COMMON[@]}" \
+          --architecture transformer --phase 1 --out "$WORK/pt/transformer-$size-p1"
+      timed "pretrain-transformer-$size-p2" $BMAMBA pretrain "${PT_AUDIO[@]}" "${PT_COMMON[@]}" \
+          --architecture transformer --phase 2 --init "$WORK/pt/transformer-$size-p1/last" \
+          --out "$WORK/pt/transformer-$size-p2"
+      for seed in $SEEDS; do
+        finetune "transformer-$size-hubert" "$seed" --init "$WORK/pt/transformer-$size-p2/last"
+      done
+    fi
+  done
+fi
+
+"$PYTHON" recipes/collect_insectset32.py "$WORK" --name "$RESULTS_NAME"
