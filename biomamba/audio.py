@@ -40,8 +40,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16000
-"""The model's sample rate in Hz: every reader returns audio at this rate unless told otherwise."""
+# The model's sample rate in Hz (defined once, in the streaming core): every reader returns audio
+# at this rate unless told otherwise.
+from .streaming import SAMPLE_RATE
 
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".w64", ".caf"}

@@ -29,6 +29,7 @@ from .checkpoint import CheckpointError, load_weights, read_config, save_checkpo
 from .frontend import ConvFrontEnd
 from .mamba2 import Mamba2, MixerState
 from .presets import ModelConfig, get_preset
+from .scoring import RunningPool, frames_for, sigmoid, softmax
 from .streaming import (
     CONTEXT,
     HOP,
@@ -194,10 +195,10 @@ class AudioModel(nn.Module):
             out = self(torch.from_numpy(audio).to(self._device())[None])
         finally:
             self.train(was_training)
-        if self.task == "detect":
-            return torch.sigmoid(out["frame_logits"][0]).float().cpu().numpy()
+        if self.task == "detect":   # probabilities as every consumer makes them (biomamba.scoring)
+            return sigmoid(out["frame_logits"][0].float().cpu().numpy())
         if self.task == "classify":
-            return torch.softmax(out["clip_logits"][0], -1).float().cpu().numpy()
+            return softmax(out["clip_logits"][0].float().cpu().numpy())
         return out["hidden"][0].float().cpu().numpy()
 
 
@@ -276,25 +277,36 @@ class BioMamba(AudioModel):
             hidden.append(h)
         return (hidden[0] if len(hidden) == 1 else torch.cat(hidden, 1)), state
 
+    def output_names(self) -> list[str]:
+        """The named outputs of a chunk, in the exported ``mamba.onnx``'s order: ``logits`` (with a
+        head), ``embeddings``, ``attention`` (attention pooling)."""
+        return [*(["logits"] if self.head is not None else []), "embeddings",
+                *(["attention"] if self.attention is not None else [])]
+
+    def chunk_outputs(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """hidden [B, n, D] -> {"logits": [B, n, C], "embeddings": [B, n, D], "attention": [B, n]}
+        (as ``output_names``): the one place the outputs are built, for ``run_chunk`` and the
+        ONNX export alike."""
+        out = {"embeddings": hidden}
+        if self.head is not None:
+            out["logits"] = self.frame_logits(hidden)
+        if self.attention is not None:
+            out["attention"] = self.attention(hidden)[..., 0]
+        return {name: out[name] for name in self.output_names()}
+
     @torch.no_grad()
     def run_chunk(self, block: np.ndarray, state: list[MixerState]):
         """The backend interface of ``biomamba.streaming.StreamRunner`` (numpy in, numpy out).
 
-        block [B, 320*n + 80] float32 -> ({"embeddings": [B, n, D], "logits": [B, n, C] (with a
-        head), "attention": [B, n] (attention pooling)}, new state) -- the output names of the
-        exported ``mamba.onnx``, so every backend returns the same dictionary.
+        block [B, 320*n + 80] float32 -> (``chunk_outputs`` as float32 numpy, new state) -- the
+        output names of the exported ``mamba.onnx``, so every backend returns the same dictionary.
         """
         hidden, state = self.step_chunk(torch.from_numpy(np.ascontiguousarray(block)).to(self._device()), state)
-        out = {"embeddings": hidden.float().cpu().numpy()}
-        if self.head is not None:
-            out["logits"] = self.frame_logits(hidden).float().cpu().numpy()
-        if self.attention is not None:
-            out["attention"] = self.attention(hidden)[..., 0].float().cpu().numpy()
-        return out, state
+        return {k: v.float().cpu().numpy() for k, v in self.chunk_outputs(hidden).items()}, state
 
     def stream(self, max_chunk_s: float = 30.0) -> ModelStream:
         """A stream over one recording; push pieces of any length, then flush."""
-        return ModelStream(self, max_frames=max(1, int(round(max_chunk_s * SAMPLE_RATE / HOP))))
+        return ModelStream(self, max_frames=frames_for(max_chunk_s))
 
     @torch.no_grad()
     def predict(self, audio: np.ndarray) -> np.ndarray:
@@ -330,9 +342,7 @@ class ModelStream:
         keep_resident_memory_flat()
         self.model, self.max_frames = model.eval(), max_frames
         self._runner = StreamRunner(model.run_chunk, model.initial_state(1), max_frames)
-        self._pool_logits = None      # running pooled logits (classify), as a weighted sum
-        self._pool_weight = None
-        self._pool_max = None
+        self._clip = RunningPool()    # the clip's pooled logits (classify)
 
     @property
     def frames(self) -> int:
@@ -352,30 +362,13 @@ class ModelStream:
         if task == "embed":
             return out["embeddings"]
         logits = out["logits"]
-        if task == "detect":   # the sigmoid, in a form that cannot overflow (exp(-x) does below -88)
-            return 0.5 + 0.5 * np.tanh(0.5 * logits)
-        self._accumulate(logits, out.get("attention"))
-        e = np.exp(logits - logits.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
-
-    def _accumulate(self, logits: np.ndarray, scores: np.ndarray | None) -> None:
-        """Running (log-sum-exp stabilised) weighted sum of frame logits for the clip result."""
-        if not len(logits):
-            return
-        scores = np.zeros(len(logits), np.float64) if scores is None else scores.astype(np.float64)
-        m = scores.max() if self._pool_max is None else max(self._pool_max, scores.max())
-        w = np.exp(scores - m)
-        rescale = 0.0 if self._pool_max is None else np.exp(self._pool_max - m)
-        self._pool_logits = (0.0 if self._pool_logits is None else self._pool_logits * rescale) + w @ logits
-        self._pool_weight = (0.0 if self._pool_weight is None else self._pool_weight * rescale) + w.sum()
-        self._pool_max = m
+        if task == "detect":
+            return sigmoid(logits)
+        self._clip.push(logits, out.get("attention"))
+        return softmax(logits)
 
     def clip_probs(self) -> np.ndarray:
         """Class probabilities [C] of everything pushed so far (task ``classify``)."""
         if self.model.task != "classify":
             raise ValueError("clip_probs() is for classification models")
-        if self._pool_logits is None:
-            raise ValueError("no frames yet: push audio first")
-        logits = self._pool_logits / self._pool_weight
-        e = np.exp(logits - logits.max())
-        return (e / e.sum()).astype(np.float32)
+        return softmax(self._clip.result())

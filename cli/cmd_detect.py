@@ -136,18 +136,18 @@ def register(app: typer.Typer) -> None:
         problem = config.class_problem(manifest.classes)
         if problem:
             fail(f"{'--classes ' + str(classes) if chosen else '--threshold'}: {problem}", usage=True)
+        if parity and batch is not None and batch > 1:
+            fail("--parity runs recordings one at a time; leave --batch at 1", usage=True)
         try:
             engine = open_backend(folder, backend, threads=threads, plugin_lib=plugin_lib)
             reference = open_backend(folder, "torch") if parity else None
-            detector = Detector(engine, manifest, config, reference=reference, model_name=name)
+            batch = batch or (1 if parity else default_batch(engine))
+            detector = Detector(engine, manifest, config, reference=reference, model_name=name, batch=batch)
             detector.check()   # model and option problems: once, before the first recording
         except (ManifestError, BackendError, ValueError) as e:
             fail(str(e))
         typer.echo("bmamba: " + model_line(name, folder, manifest.task, manifest.classes, detector.reported),
                    err=True)
-        batch = batch or default_batch(engine)
-        if batch > 1 and (parity or backend == "torch"):
-            fail("--batch needs the onnxruntime or tensorrt backend and no --parity", usage=True)
 
         journal_obj = None
         if resume:
@@ -175,7 +175,7 @@ def register(app: typer.Typer) -> None:
             with stopped:
                 summary = _run_with_progress(
                     detector, files, journal_obj, quiet or not sys.stderr.isatty(),
-                    functools.partial(run, batch=batch, outputs=outputs, on_warning=on_warning), on_done)
+                    functools.partial(run, outputs=outputs, on_warning=on_warning), on_done)
         finally:
             if journal_obj is not None:
                 journal_obj.close()

@@ -3,8 +3,9 @@
     from biomamba.export import export_model, build_engine
     folder = export_model("checkpoints/run1", "exported/run1", variant="portable", fp16=False)
 
-Names load lazily, so that the runtime can import ``biomamba.export.ort_custom_op`` (numpy,
-onnxruntime) without pulling in torch.
+Names load lazily (torch only when an export name is used). The onnxruntime custom op lives in
+``biomamba.runtime.ort_custom_op`` (export imports runtime, never the other way); its names are
+served here too.
 """
 
 _LAZY = {
@@ -16,10 +17,10 @@ _LAZY = {
     "register_onnx_schema": "onnx_export",
     "SUPPORTED_OPSETS": "onnx_export",
     "VARIANTS": "onnx_export",
-    "register_ssd_op": "ort_custom_op",
-    "ort_compatible": "ort_custom_op",
-    "plugin_session": "ort_custom_op",
-    "CustomOpUnavailable": "ort_custom_op",
+    "register_ssd_op": "biomamba.runtime.ort_custom_op",
+    "ort_compatible": "biomamba.runtime.ort_custom_op",
+    "plugin_session": "biomamba.runtime.ort_custom_op",
+    "CustomOpUnavailable": "biomamba.runtime.ort_custom_op",
     "build_engine": "trt_build",
     "find_plugin_library": "trt_build",
 }
@@ -31,5 +32,6 @@ def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"biomamba.export.{_LAZY[name]}"), name)
+        module = _LAZY[name] if "." in _LAZY[name] else f"biomamba.export.{_LAZY[name]}"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'biomamba.export' has no attribute {name!r}")

@@ -13,7 +13,7 @@ B and T are dynamic. Two variants of the scan inside mamba.onnx:
   gives standard, loop-free ONNX (checked here: no Loop/Scan/CumSum/Einsum node, no -inf).
 - ``plugin``: each layer's scan is one ``bmamba::SSDChunkScan`` node (op version 1, attributes
   ``plugin_version`` "1" and ``plugin_namespace`` "bmamba") for the TensorRT plugin of runtime/csrc;
-  onnxruntime runs it through ``biomamba.export.ort_custom_op``.
+  onnxruntime runs it through ``biomamba.runtime.ort_custom_op``.
 
 ``fp16``: weights and frames/logits/embeddings in float16; audio and states stay float32 at the
 graph boundary (cast inside), the SSD arithmetic, the norms' statistics and the per-head A, D,
@@ -101,22 +101,13 @@ class MambaGraph(nn.Module):
     def forward(self, frames: torch.Tensor, *flat_state: torch.Tensor):
         state = [(flat_state[2 * i], flat_state[2 * i + 1]) for i in range(len(flat_state) // 2)]
         hidden, new_state = self.model.encode_with_state(frames, state)
-        outputs = []
-        if self.model.head is not None:
-            outputs.append(self.model.frame_logits(hidden))
-        outputs.append(hidden)
-        if self.model.attention is not None:
-            outputs.append(self.model.attention(hidden)[..., 0])
+        outputs = self.model.chunk_outputs(hidden).values()   # the same dict run_chunk returns
         return (*outputs, *(t for pair in new_state for t in pair))
 
 
 def output_names(model: BioMamba) -> list[str]:
-    """Names of mamba.onnx's non-state outputs, in graph order."""
-    names = ["logits"] if model.head is not None else []
-    names.append("embeddings")
-    if model.attention is not None:
-        names.append("attention")
-    return names
+    """Names of mamba.onnx's non-state outputs, in graph order (``BioMamba.output_names``)."""
+    return model.output_names()
 
 
 def state_specs(model: BioMamba) -> list[StateSpec]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .backends import BackendError
+from .backend_api import BackendError
 from .manifest import Manifest, read_manifest
 
 State = dict[str, np.ndarray]
@@ -77,6 +77,7 @@ class OnnxBackend:
     """Both graphs of an export folder on onnxruntime, with the carried-state interface."""
 
     name = "onnxruntime"
+    max_frames = None          # any chunk length
 
     def __init__(self, model_dir: str | os.PathLike, *, providers: str | Sequence[str] | None = None,
                  threads: int | None = None, spinning: bool = False):
@@ -100,7 +101,7 @@ class OnnxBackend:
         path = self.manifest.graph_path(name)
         try:
             if name == "mamba" and self.manifest.variant == "plugin":
-                from biomamba.export.ort_custom_op import CustomOpUnavailable, plugin_session
+                from .ort_custom_op import CustomOpUnavailable, plugin_session
 
                 try:
                     return plugin_session(path, options, self.providers,
@@ -151,3 +152,11 @@ class OnnxBackend:
         outputs = {name: np.asarray(v, np.float32) for name, v in zip(self._outputs, results[:n_out])}
         new_state = {s.name: v for s, v in zip(self.manifest.states, results[n_out:])}
         return outputs, new_state
+
+    def peak_gpu_mb(self) -> float | None:
+        """None: onnxruntime does not report its device memory."""
+        return None
+
+    def close(self) -> None:
+        """Drop the sessions (onnxruntime frees their memory when they are collected)."""
+        self.frontend = self.mamba = None

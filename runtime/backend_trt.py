@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import BackendError
+from . import native
+from .backend_api import BackendError
 from .manifest import Manifest, read_manifest
 
 PLUGIN_LIBRARY = "libbmamba_trt_plugin.so"
@@ -55,39 +56,19 @@ def plugin_library_candidates() -> list[Path]:
     ``find_plugin_library``): $BMAMBA_TRT_PLUGIN when set, else the package's own folder, and in a
     source checkout its build/ folder. Never the current directory, never a model folder: a native
     library runs with the user's rights, so only the user or the installation chooses it."""
-    if os.environ.get(PLUGIN_ENV):
-        return [Path(os.environ[PLUGIN_ENV])]
-    here = Path(__file__).resolve().parent          # <package>/runtime (installed or checkout)
-    places = [here / PLUGIN_LIBRARY]
-    checkout = here.parent
-    if (checkout / "pyproject.toml").is_file() and (checkout / "CMakeLists.txt").is_file():
-        places.append(checkout / "build" / PLUGIN_LIBRARY)   # `cmake -B build` in the checkout
-    return places
+    named = native.library_candidates(PLUGIN_LIBRARY, PLUGIN_ENV)
+    return named[:1] if os.environ.get(PLUGIN_ENV) else named
 
 
 def find_plugin_library(explicit: str | os.PathLike | None = None) -> Path:
     """The SSDChunkScan plugin library: ``explicit`` (--plugin-lib), else $BMAMBA_TRT_PLUGIN, else
-    the package's folder, else (source checkout only) the checkout's build/. Raises
-    TensorRTUnavailable if absent. Nothing in a model folder takes part (model.json's
-    ``tensorrt.plugin_lib`` only records what the engines were built with)."""
-    if explicit is not None:
-        path = Path(explicit)
-        if not path.is_file():
-            raise TensorRTUnavailable(f"{path}: no such plugin library")
-        return path
-    if os.environ.get(PLUGIN_ENV):
-        path = Path(os.environ[PLUGIN_ENV])
-        if not path.is_file():
-            raise TensorRTUnavailable(f"{PLUGIN_ENV}={path}: no such plugin library")
-        return path
-    for path in plugin_library_candidates():
-        if path.is_file():
-            return path
-    raise TensorRTUnavailable(
-        f"the TensorRT plugin library {PLUGIN_LIBRARY} was not found (looked in "
-        + ", ".join(str(p.parent) for p in plugin_library_candidates())
-        + f"); build it with CMake (cmake -B build && cmake --build build) and pass --plugin-lib "
-        f"PATH or set {PLUGIN_ENV}=PATH")
+    the package's folder, else (source checkout only) the checkout's build/
+    (``biomamba.runtime.native``). Raises TensorRTUnavailable if absent. Nothing in a model folder
+    takes part (model.json's ``tensorrt.plugin_lib`` only records what the engines were built with)."""
+    return native.find_library(
+        PLUGIN_LIBRARY, PLUGIN_ENV, explicit=explicit, error=TensorRTUnavailable, what="plugin library",
+        hint=f"build it with CMake (cmake -B build && cmake --build build) and pass --plugin-lib PATH "
+             f"or set {PLUGIN_ENV}=PATH")
 
 
 _LOADED_PLUGINS: dict[str, object] = {}
@@ -231,6 +212,10 @@ class TensorRTBackend:
         outputs = {name: results[name].astype(np.float32, copy=False) for name in self._outputs}
         new_state = {s.name: results[s.output_name] for s in self.manifest.states}
         return outputs, new_state
+
+    def peak_gpu_mb(self) -> float | None:
+        """None: not measured for TensorRT (the report leaves peak_gpu_mb empty, as before)."""
+        return None
 
     def close(self) -> None:
         self.frontend.close()

@@ -6,7 +6,8 @@ Each recording runs in its own thread through the usual chunk loop (``StreamRunn
 call, and the outputs and states handed back row by row. Rows never mix (the model treats batch
 rows independently), so results equal unbatched runs; a GPU gets larger, faster calls.
 
-State must be a dict of arrays with the batch first (onnxruntime and TensorRT backends).
+The state is the backend contract's dict of named arrays, batch first
+(``biomamba.runtime.backend_api``), which every backend keeps.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class BatchingBackend:
         if max_batch < 1:
             raise ValueError(f"batch must be at least 1, got {max_batch}")
         self.backend, self.max_batch = backend, max_batch
-        self.name = backend.name
+        self.name, self.max_frames = backend.name, backend.max_frames
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
         self._streams = 0
@@ -48,9 +49,11 @@ class BatchingBackend:
     def initial_state(self, batch: int = 1):
         return self.backend.initial_state(batch)
 
-    def peak_gpu_mb(self):
-        f = getattr(self.backend, "peak_gpu_mb", None)
-        return f() if callable(f) else None
+    def peak_gpu_mb(self) -> float | None:
+        return self.backend.peak_gpu_mb()
+
+    def close(self) -> None:
+        self.backend.close()
 
     def open_stream(self) -> None:
         with self._cond:

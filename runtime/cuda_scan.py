@@ -18,22 +18,23 @@ P head dim, G groups, N state size)::
 The I/O dtype is float32 or float16; the state and the arithmetic are float32. Limits: P and N at
 most 256, G divides H.
 
-Where the libraries are looked for, in order: ``$BMAMBA_SSD_LIB`` (the library file, or a folder
-holding both), the CMake build folder ``build/`` of this checkout, the install prefix's ``lib/``
-(``sys.prefix``, ``/usr/local/lib``), then the system loader's search path.
+Where the libraries are looked for (``biomamba.runtime.native``, the rule the TensorRT plugin
+follows too): ``$BMAMBA_SSD_LIB`` when set (the library file, or a folder holding both; a path
+that does not exist is an error), else the package's folder, the CMake build folder ``build/`` of
+a source checkout, the install prefix's ``lib/`` (``sys.prefix``, ``/usr/local/lib``), then the
+system loader's search path.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import native
 
 LIB_ENV = "BMAMBA_SSD_LIB"
 LIB_NAMES = {"cuda": "libbmamba_ssd.so", "cpu": "libbmamba_ssd_cpu.so"}
@@ -67,39 +68,22 @@ class SSDKernelError(RuntimeError):
 # ---- finding and loading the libraries ------------------------------------------------------------
 
 
+def _name(kind: str) -> str:
+    if kind not in LIB_NAMES:
+        raise ValueError(f"kind must be one of {sorted(LIB_NAMES)}, not {kind!r}")
+    return LIB_NAMES[kind]
+
+
 def library_candidates(kind: str = "cuda") -> list[Path]:
-    """Paths where the library of ``kind`` ("cuda" or "cpu") is looked for, in order."""
-    name = LIB_NAMES[kind]
-    candidates: list[Path] = []
-    env = os.environ.get(LIB_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if path.is_dir():
-            candidates.append(path / name)
-        elif path.name == name:
-            candidates.append(path)
-        else:  # the other library's file: look beside it
-            candidates.append(path.parent / name)
-    repo_root = Path(__file__).resolve().parents[1]
-    candidates.append(repo_root / "build" / name)
-    for prefix in (Path(sys.prefix), Path("/usr/local")):
-        candidates += [prefix / "lib" / name, prefix / "lib64" / name]
-    return candidates
+    """Paths where the library of ``kind`` ("cuda" or "cpu") is looked for, in order
+    (``biomamba.runtime.native``)."""
+    return native.library_candidates(_name(kind), LIB_ENV, install_prefixes=True)
 
 
 def find_library(kind: str = "cuda") -> Path:
     """The path of the library of ``kind``; raises SSDLibraryNotFoundError with how to build it."""
-    if kind not in LIB_NAMES:
-        raise ValueError(f"kind must be one of {sorted(LIB_NAMES)}, not {kind!r}")
-    candidates = library_candidates(kind)
-    for path in candidates:
-        if path.is_file():
-            return path
-    system = ctypes.util.find_library(LIB_NAMES[kind][3:-3])
-    if system:
-        return Path(system)
-    looked = ", ".join(str(p) for p in candidates)
-    raise SSDLibraryNotFoundError(f"{LIB_NAMES[kind]} not found (looked in {looked}); {BUILD_HINT}")
+    return native.find_library(_name(kind), LIB_ENV, install_prefixes=True, error=SSDLibraryNotFoundError,
+                               hint=BUILD_HINT)
 
 
 def _declare(lib: ctypes.CDLL, suffix: str) -> None:

@@ -14,8 +14,9 @@ table; a short read by the decoder is a warning; `stop` (a signal) ends the curr
 without an output, and a journal that cannot be written ends the run, both with a summary.
 
 Detection models (task ``detect``) give per-frame sigmoid probabilities. Clip classifiers (task
-``classify``) are applied to consecutive windows of ``window_s`` (their mean-pooled frame logits,
-softmax), like BirdNET's 3 s windows; each window is then one "frame" for the event tracker.
+``classify``) are applied to consecutive windows of ``window_s`` (their frame logits pooled as the
+model pools a clip -- mean, or attention-weighted -- then softmax; ``biomamba.scoring``), like
+BirdNET's 3 s windows; each window is then one "frame" for the event tracker.
 """
 
 from __future__ import annotations
@@ -34,26 +35,18 @@ import numpy as np
 from biomamba.audio import AudioError, audio_info, iter_audio
 from biomamba.data.layout import BACKGROUND_CLASS
 from biomamba.metrics import prf_from_counts
-from biomamba.streaming import FRAME_S, HOP, SAMPLE_RATE, StreamRunner
+from biomamba.scoring import FRAME_S, SAMPLE_RATE, WindowPooler, frames_for, sigmoid, softmax
+from biomamba.streaming import StreamRunner
 
+from .backend_api import Backend
+from .batching import BatchingBackend
 from .events import Event, EventTracker
 from .journal import Journal, JournalError, fingerprint
-from .pooling import WindowPooler
 from .writers import EventFiles, OutputError, output_path, sibling_path
 
 JOURNAL_NAME = ".bmamba-journal.jsonl"
 GPU_BATCH = 8          # recordings per call on a GPU backend when --batch is left to choose
 PARITY_ONSET_TOLERANCE_S = 0.2
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Overflow-free logistic function."""
-    return np.exp(-np.logaddexp(0.0, -x)).astype(np.float32)
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
 
 @dataclass
@@ -178,12 +171,15 @@ def plan_outputs(found: Iterable[tuple[Path, Path | None]], out_dir: Path | None
 
 
 class Scorer:
-    """Backend outputs -> probabilities per scoring unit (20 ms frames, or windows for classifiers)."""
+    """Backend outputs -> probabilities per scoring unit (20 ms frames, or windows for classifiers),
+    with ``biomamba.scoring``: detect -> sigmoid per frame; classify -> each window's frame logits
+    pooled as the model pools a clip (mean, or weighted by softmax of its ``attention`` output),
+    then softmax."""
 
     def __init__(self, task: str, window_s: float):
         self.task = task
         if task == "classify":
-            frames = max(1, int(round(window_s / FRAME_S)))
+            frames = frames_for(window_s)
             self.pooler = WindowPooler(frames, frames)
             self.unit_s = frames * FRAME_S
         elif task == "detect":
@@ -195,7 +191,7 @@ class Scorer:
         logits = outputs.get("logits")
         if self.pooler is None:
             return sigmoid(logits) if logits is not None else np.zeros((0, 0), np.float32)
-        parts = [self.pooler.push(logits)[1]] if logits is not None else []
+        parts = [self.pooler.push(logits, outputs.get("attention"))[1]] if logits is not None else []
         if final:
             parts.append(self.pooler.flush()[1])
         parts = [p for p in parts if len(p)]
@@ -205,13 +201,22 @@ class Scorer:
 class Detector:
     """Runs recordings through a backend (and, with ``reference``, the PyTorch model beside it)."""
 
-    def __init__(self, backend, manifest, config: DetectConfig, reference=None, model_name: str = "model"):
-        self.backend, self.manifest, self.config, self.reference = backend, manifest, config, reference
+    def __init__(self, backend: Backend, manifest, config: DetectConfig, reference: Backend | None = None,
+                 model_name: str = "model", batch: int = 1):
+        """batch > 1: that many recordings run at a time (`run`), their chunks stacked into one
+        call of ``backend`` by a ``BatchingBackend`` made here; ValueError with --parity."""
+        if batch < 1:
+            raise ValueError(f"--batch must be at least 1, not {batch}")
+        if batch > 1 and reference is not None:
+            raise ValueError("--parity runs recordings one at a time; leave --batch at 1")
+        self.batch = batch
+        self.backend = BatchingBackend(backend, batch) if batch > 1 else backend
+        self.manifest, self.config, self.reference = manifest, config, reference
         self.model_name = model_name
         self.classes = list(manifest.classes)
-        self.max_frames = max(1, int(round(config.chunk_s * SAMPLE_RATE / HOP)))
+        self.max_frames = frames_for(config.chunk_s)
         # TensorRT engines take at most the frames of their optimisation profile.
-        self.max_frames = min(self.max_frames, getattr(backend, "max_frames", None) or self.max_frames)
+        self.max_frames = min(self.max_frames, backend.max_frames or self.max_frames)
         if config.threshold is not None:
             self.thresholds = np.full(len(self.classes), config.threshold, np.float32)
         else:
@@ -309,8 +314,9 @@ class Detector:
 
         if self.reference is not None:
             ref_runner = StreamRunner(self.reference.run_chunk, self.reference.initial_state(1), self.max_frames)
-            ref_scorer = Scorer(self.manifest.task, self.config.window_s)
-            ref_tracker, ref_events = self._tracker(ref_scorer.unit_s), []
+            # PyTorch's own probabilities (its pooling, its sigmoid): what the user of the model gets
+            ref_scorer = self.reference.scorer(self.manifest.task, self.config.window_s)
+            ref_tracker, ref_events = self._tracker(scorer.unit_s), []
 
         def consume(out, ref_out, final=False):
             for name, value in out.items():
@@ -478,7 +484,7 @@ def journal_settings(manifest, config: DetectConfig) -> dict:
 def run(detector: Detector, files: Iterable[Path], journal: Journal | None = None,
         on_file_start: Callable[[Path], None] | None = None,
         on_file_done: Callable[[FileResult], None] | None = None,
-        on_audio: Callable[[float], None] | None = None, batch: int = 1,
+        on_audio: Callable[[float], None] | None = None,
         outputs: dict[Path, Path] | None = None,
         on_warning: Callable[[Path, str], None] | None = None) -> RunSummary:
     """Process files; skip those the journal has; record each as it finishes.
@@ -490,8 +496,9 @@ def run(detector: Detector, files: Iterable[Path], journal: Journal | None = Non
     recording(s) without output and starts no other; a journal that cannot be written ends the run
     the same way (`summary.aborted`), since nothing done after it could be resumed.
 
-    batch > 1: that many recordings at a time, each in its own thread, their chunks run as one
-    backend call (``BatchingBackend``); results are the same, in the same order.
+    A detector built with batch > 1 runs that many recordings at a time, each in its own thread,
+    their chunks run as one backend call (its ``BatchingBackend``); results are the same, in the
+    same order.
     """
     summary = RunSummary(backend=detector.backend.name, chunk_s=detector.config.chunk_s)
     start = time.perf_counter()
@@ -526,17 +533,16 @@ def run(detector: Detector, files: Iterable[Path], journal: Journal | None = Non
             on_file_done(result)
         return result
 
-    if batch <= 1 or len(files) <= 1:
+    if detector.batch <= 1 or len(files) <= 1:
         results = [one(path) for path in files]
     else:
-        results = _run_batched(detector, files, one, batch)
+        results = _run_batched(detector.backend, files, one, detector.batch)
     summary.results = [r for r in results if r is not None]
     summary.not_started = len(results) - len(summary.results)
     summary.wall_s = time.perf_counter() - start
     if detector.parity is not None:
         summary.parity = detector.parity.summary()
-    gpu = getattr(detector.backend, "peak_gpu_mb", None)
-    summary.peak_gpu_mb = gpu() if callable(gpu) else None
+    summary.peak_gpu_mb = detector.backend.peak_gpu_mb()
     return summary
 
 
@@ -562,19 +568,10 @@ def _unchanged(result: FileResult, before: tuple[int, int] | None) -> FileResult
     return result
 
 
-def _run_batched(detector: Detector, files: list[Path], one, batch: int) -> list[FileResult]:
-    """`one(path)` for every file in `batch` threads sharing one batching backend."""
+def _run_batched(batching: BatchingBackend, files: list[Path], one, batch: int) -> list[FileResult]:
+    """`one(path)` for every file in `batch` threads, each a stream of the detector's batching
+    backend."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from .batching import BatchingBackend
-
-    if detector.reference is not None:
-        raise ValueError("--parity runs recordings one at a time; leave --batch at 1")
-    plain = detector.backend
-    if not isinstance(plain.initial_state(1), dict):
-        raise ValueError(f"--batch needs the onnxruntime or tensorrt backend, not {plain.name}")
-    batching = BatchingBackend(plain, batch)
-    detector.backend = batching
 
     def worker(path: Path) -> FileResult:
         batching.open_stream()
@@ -583,8 +580,5 @@ def _run_batched(detector: Detector, files: list[Path], one, batch: int) -> list
         finally:
             batching.close_stream()
 
-    try:
-        with ThreadPoolExecutor(max_workers=batch) as pool:
-            return list(pool.map(worker, files))
-    finally:
-        detector.backend = plain
+    with ThreadPoolExecutor(max_workers=batch) as pool:
+        return list(pool.map(worker, files))

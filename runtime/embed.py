@@ -1,7 +1,7 @@
 """`bmamba embed`: one embedding per window of each recording, streamed like detect.
 
 The backend's per-frame embeddings (the encoder's final hidden states) are mean-pooled over
-windows of ``window_s`` every ``hop_s`` (``WindowPooler``); rows go to one ``embeddings.npy`` and
+windows of ``window_s`` every ``hop_s`` (``biomamba.scoring.WindowPooler``); rows go to one ``embeddings.npy`` and
 ``index.csv`` (file, start_s, end_s, row) for the run. Memory holds one chunk of frames plus the
 pooled rows (one per window: 8 h at 5 s windows is 5,760 rows).
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from biomamba.audio import AudioError, iter_audio
-from biomamba.streaming import FRAME_S, HOP, SAMPLE_RATE, StreamRunner
+from biomamba.scoring import FRAME_S, SAMPLE_RATE, WindowPooler, frames_for
+from biomamba.streaming import StreamRunner
 
-from .pooling import WindowPooler
 from .writers import atomic_write_text
 
 
@@ -35,8 +35,8 @@ class EmbedResult:
 def embed_file(backend, path: Path, *, window_s: float, hop_s: float, chunk_s: float = 30.0,
                channel: int | None = None, on_audio: Callable[[float], None] | None = None):
     """(starts_s [k], ends_s [k], embeddings [k, D], audio seconds) of one recording."""
-    window, hop = max(1, round(window_s / FRAME_S)), max(1, round(hop_s / FRAME_S))
-    runner = StreamRunner(backend.run_chunk, backend.initial_state(1), max(1, round(chunk_s * SAMPLE_RATE / HOP)))
+    window, hop = frames_for(window_s), frames_for(hop_s)
+    runner = StreamRunner(backend.run_chunk, backend.initial_state(1), frames_for(chunk_s))
     pooler = WindowPooler(window, hop)
     starts, means = [], []
 

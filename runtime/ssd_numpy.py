@@ -1,7 +1,7 @@
 """The SSD scan (op ``bmamba::SSDChunkScan`` v1) in numpy: a torch-free CPU implementation.
 
 It runs the plugin variant of an export under onnxruntime (through the custom op registered by
-``biomamba.export.ort_custom_op``), and serves as an oracle written independently of the PyTorch
+``biomamba.runtime.ort_custom_op``), and serves as an oracle written independently of the PyTorch
 code in ``biomamba/ssd.py``. The op, per batch b and head h reading group g = h // (H / G)::
 
     dt_t = softplus(dt_raw_t + dt_bias)

@@ -1,7 +1,7 @@
 """The onnxruntime backend against PyTorch: carried state over many chunks, both variants, fp16.
 
-Also the numpy SSD scan (the plugin variant's CPU op) against a naive float64 recurrence written
-here, the manifest reader's errors, and that the runtime path never imports torch.
+Also the manifest reader's errors and that the runtime path never imports torch. The numpy SSD
+scan (the plugin variant's CPU op) is checked in test_ssd_conformance.py's table.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from biomamba.export.onnx_export import export_model
 from biomamba.runtime.backend_onnx import OnnxBackend
 from biomamba.runtime.backends import BackendError
 from biomamba.runtime.manifest import ManifestError, read_manifest
-from biomamba.runtime.ssd_numpy import ssd_scan
 from biomamba.streaming import CONTEXT, HOP, StreamRunner
 from conftest import perturb_
 
@@ -195,6 +194,35 @@ def test_initial_state_follows_the_manifest(exports, model):
         assert array.shape == tuple(tensor.shape) and array.dtype == np.float32 and not array.any()
 
 
+def test_every_backend_keeps_the_contract(exports):
+    """onnxruntime and the torch backend: both are `Backend`s, with the same named state (same keys,
+    shapes, float32) and, from the same non-zero state, the same outputs and new state."""
+    from biomamba.runtime.backend_api import Backend
+    from biomamba.runtime.backends import open_backend
+
+    onnx_backend, torch_backend = (open_backend(exports("portable"), name) for name in ("onnxruntime", "torch"))
+    rng = np.random.default_rng(8)
+    block = (0.2 * rng.standard_normal((2, HOP * 30 + CONTEXT))).astype(np.float32)
+    zero = onnx_backend.initial_state(2)
+    assert {k: (v.shape, v.dtype) for k, v in torch_backend.initial_state(2).items()} == \
+        {k: (v.shape, v.dtype) for k, v in zero.items()}
+    state = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in zero.items()}
+    results = []
+    for backend in (onnx_backend, torch_backend):
+        assert isinstance(backend, Backend), backend.name
+        results.append(backend.run_chunk(block, state))
+        assert backend.peak_gpu_mb() is None
+    (out_a, new_a), (out_b, new_b) = results
+    assert out_a.keys() == out_b.keys() and new_a.keys() == new_b.keys()
+    for k in out_a:
+        assert np.abs(out_a[k] - out_b[k]).max() <= TOL, k
+    for k in new_a:
+        assert np.abs(new_a[k] - new_b[k]).max() <= TOL * (1 + np.abs(new_b[k]).max()), k
+    for backend in (onnx_backend, torch_backend):
+        backend.close()
+        backend.close()   # twice: harmless
+
+
 def test_run_chunk_rejects_a_block_of_partial_frames(exports):
     backend = OnnxBackend(exports("portable"))
     with pytest.raises(ValueError, match=r"320\*n \+ 80"):
@@ -233,7 +261,7 @@ def test_edge_preset_parity(tmp_path):
 def test_ort_compatible_copies_and_keeps_the_file(exports):
     import onnx
 
-    from biomamba.export.ort_custom_op import ort_compatible
+    from biomamba.runtime.ort_custom_op import ort_compatible
 
     path = exports("plugin", fp16=True) / "mamba.onnx"
     original = onnx.load(str(path))
@@ -243,67 +271,6 @@ def test_ort_compatible_copies_and_keeps_the_file(exports):
     casts = sum(n.op_type == "Cast" for n in copy.graph.node) - sum(n.op_type == "Cast" for n in original.graph.node)
     assert casts == 5 * 2          # x, dt, B, C up and y down, per layer
     assert onnx.load(str(path)).SerializeToString() == original.SerializeToString()
-
-
-# -- the numpy scan ------------------------------------------------------------------------------------------
-
-
-def naive_scan(x, dt, A, B, C, D, dt_bias, state):
-    """The op written out step by step in float64 (the oracle)."""
-    x, dt, A, B, C, D, dt_bias, s = (np.asarray(v, np.float64) for v in (x, dt, A, B, C, D, dt_bias, state))
-    batch, length, heads, _ = x.shape
-    per_group = heads // B.shape[2]
-    y = np.zeros_like(x)
-    s = s.copy()
-    for b in range(batch):
-        for h in range(heads):
-            g = h // per_group
-            for t in range(length):
-                step = np.log1p(np.exp(dt[b, t, h] + dt_bias[h]))
-                s[b, h] = np.exp(step * A[h]) * s[b, h] + step * np.outer(x[b, t, h], B[b, t, g])
-                y[b, t, h] = s[b, h] @ C[b, t, g] + D[h] * x[b, t, h]
-    return y, s
-
-
-def scan_inputs(rng, batch=2, length=70, heads=4, head_dim=5, groups=2, n=6, dtype=np.float32):
-    return (rng.standard_normal((batch, length, heads, head_dim)).astype(dtype),
-            rng.standard_normal((batch, length, heads)).astype(dtype),
-            -np.exp(rng.standard_normal(heads)).astype(np.float32),
-            rng.standard_normal((batch, length, groups, n)).astype(dtype),
-            rng.standard_normal((batch, length, groups, n)).astype(dtype),
-            rng.standard_normal(heads).astype(np.float32),
-            rng.standard_normal(heads).astype(np.float32),
-            rng.standard_normal((batch, heads, head_dim, n)).astype(np.float32))
-
-
-@pytest.mark.parametrize("length, chunk", [(70, 64), (70, 16), (64, 64), (1, 64), (33, 1)])
-def test_numpy_scan_equals_the_naive_recurrence(length, chunk):
-    rng = np.random.default_rng(length * 100 + chunk)
-    args = scan_inputs(rng, length=length)
-    y, state = ssd_scan(*args, chunk=chunk)
-    y_ref, state_ref = naive_scan(*args)
-    scale = np.abs(y_ref).max()
-    assert y.dtype == np.float32 and state.dtype == np.float32
-    assert np.abs(y - y_ref).max() <= 2e-5 * scale
-    assert np.abs(state - state_ref).max() <= 2e-5 * np.abs(state_ref).max()
-
-
-def test_numpy_scan_float16_io():
-    rng = np.random.default_rng(11)
-    args = scan_inputs(rng, dtype=np.float16)
-    y, state = ssd_scan(*args)
-    y_ref, state_ref = naive_scan(*args)            # same float16 inputs, exact arithmetic
-    assert y.dtype == np.float16 and state.dtype == np.float32
-    assert np.abs(y - y_ref).max() <= 2e-3 * np.abs(y_ref).max()
-    assert np.abs(state - state_ref).max() <= 2e-5 * np.abs(state_ref).max()
-
-
-def test_numpy_scan_without_initial_state_starts_from_zero():
-    rng = np.random.default_rng(12)
-    args = scan_inputs(rng)
-    y, state = ssd_scan(*args[:7])
-    y_ref, state_ref = naive_scan(*args[:7], np.zeros_like(args[7]))
-    assert np.abs(y - y_ref).max() <= 2e-5 * np.abs(y_ref).max()
 
 
 # -- manifest errors ------------------------------------------------------------------------------------------

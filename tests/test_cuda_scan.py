@@ -68,7 +68,10 @@ def rel_err(got, ref) -> float:
 
 
 def test_missing_library_says_how_to_build_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(cuda_scan, "library_candidates", lambda kind="cuda": [tmp_path / "nope.so"])
+    from biomamba.runtime import native
+
+    monkeypatch.delenv(cuda_scan.LIB_ENV, raising=False)
+    monkeypatch.setattr(native, "library_candidates", lambda *a, **k: [tmp_path / "nope.so"])
     monkeypatch.setattr(cuda_scan.ctypes.util, "find_library", lambda name: None)
     with pytest.raises(cuda_scan.SSDLibraryNotFoundError, match=r"cmake -S \. -B build && cmake --build build"):
         cuda_scan.find_library("cuda")
@@ -83,6 +86,9 @@ def test_env_var_may_name_the_file_or_its_folder(twin_dir, monkeypatch):
     assert cuda_scan.library_candidates("cpu")[0] == twin_dir / "libbmamba_ssd_cpu.so"
     assert cuda_scan.library_candidates("cuda")[0] == twin_dir / "libbmamba_ssd.so"
     assert REPO / "build" / "libbmamba_ssd.so" in cuda_scan.library_candidates("cuda")
+    monkeypatch.setenv(cuda_scan.LIB_ENV, str(twin_dir / "elsewhere"))   # named but absent: an error,
+    with pytest.raises(cuda_scan.SSDLibraryNotFoundError, match="BMAMBA_SSD_LIB=.*elsewhere"):
+        cuda_scan.find_library("cpu")                                   # never another library
 
 
 def test_library_info(twin, twin_dir):

@@ -270,9 +270,11 @@ main()
     assert out.returncode == 1 and "bmamba[train]" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_batched_recordings_give_the_same_tables(exported, tmp_path):
+@pytest.mark.parametrize("name", ["onnxruntime", "torch"])
+def test_batched_recordings_give_the_same_tables(exported, tmp_path, name):
     """--batch 3: recordings of different lengths run together, chunks stacked into shared calls;
-    every table equals the one-at-a-time run."""
+    every table equals the one-at-a-time run. Every backend keeps the named-state contract, so
+    the torch backend batches too (it was refused: its state was the model's own list)."""
     from biomamba.runtime.backends import open_backend
     from biomamba.runtime.detect import DetectConfig, Detector, run
     from biomamba.runtime.manifest import read_manifest
@@ -284,15 +286,16 @@ def test_batched_recordings_give_the_same_tables(exported, tmp_path):
     for batch in (1, 3):
         config = DetectConfig(chunk_s=2.0, fmt="json", out_dir=tmp_path / f"b{batch}", threshold=0.5)
         (tmp_path / f"b{batch}").mkdir()
-        detector = Detector(open_backend(exported, "onnxruntime"), read_manifest(exported), config)
+        backend = open_backend(exported, name)
         calls = []
-        original = detector.backend.run_chunk
+        original = backend.run_chunk
         def counting(block, state, calls=calls, original=original):
             calls.append(block.shape[0])
             return original(block, state)
 
-        detector.backend.run_chunk = counting
-        summary = run(detector, files, batch=batch)
+        backend.run_chunk = counting
+        detector = Detector(backend, read_manifest(exported), config, batch=batch)
+        summary = run(detector, files)
         assert [r.status for r in summary.results] == ["ok"] * 5
         assert [r.path for r in summary.results] == files
         tables[batch] = {p.name: read_json(p)["events"] for p in (tmp_path / f"b{batch}").glob("*.json")}

@@ -107,3 +107,17 @@ def test_training_imports_are_scanned():
     """Guard against a scan that finds nothing: the training wing does import the model side."""
     names = imports_of(REPO / "biomamba" / "training" / "train.py")
     assert "biomamba.loading" in names and "biomamba.training.loop" in names
+
+
+@pytest.mark.parametrize("path", sources("runtime"), ids=lambda p: str(p.relative_to(REPO)))
+def test_runtime_never_imports_export(path):
+    """export -> runtime is the only direction (the onnxruntime custom op lives in runtime/)."""
+    bad = touches(imports_of(path), "biomamba.export")
+    assert not bad, f"{path.relative_to(REPO)} imports {', '.join(bad)}: the runtime must not import export"
+
+
+@pytest.mark.parametrize("module", ["biomamba.scoring", "biomamba.streaming"])
+def test_the_scoring_path_is_torch_free(module):
+    """The one scoring path and the streaming core import numpy only (the runtime uses them)."""
+    names = imports_of(REPO / (module.replace(".", "/") + ".py"))
+    assert not touches(names, "torch") and not touches(names, TRAINING)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-FRAME_S = 0.02  # the model's hop: 320 samples at 16 kHz
+from ..streaming import FRAME_S  # the model's hop: 320 samples at 16 kHz (0.02 s)
 
 
 def window_starts(length_s: float, window_s: float, hop_s: float) -> np.ndarray:

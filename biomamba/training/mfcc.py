@@ -22,9 +22,8 @@ import math
 
 import torch
 
-from ..streaming import CONTEXT, HOP
+from ..streaming import CONTEXT, HOP, SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 FRAME_LENGTH = 400  # 25 ms
 FRAME_SHIFT = 160  # 10 ms
 FFT_SIZE = 512  # FRAME_LENGTH rounded up to a power of two

@@ -14,7 +14,8 @@ import torch
 
 from ...audio import SAMPLE_RATE, AudioError, iter_audio
 from ...model import AudioModel, BioMamba, pad_for_frontend
-from ...streaming import CONTEXT, HOP, FrameBuffer
+from ...scoring import frames_for
+from ...streaming import CONTEXT, HOP, StreamRunner
 from ..devices import Distributed, barrier
 from ..kmeans import assign, fit_kmeans, load_centroids, save_centroids
 from ..mfcc import FRAME_LENGTH, FRAME_SHIFT, compute_deltas, mfcc_13
@@ -111,21 +112,20 @@ def layer_features(model: AudioModel, layer: int, path: str | Path, chunk_s: flo
             _, outputs = model.encode_layers(frames)
             yield _rms_normalise(outputs[layer - 1][0].float().cpu().numpy())
         return
-    buffer, state = FrameBuffer(), None
-    max_frames = max(1, round(chunk_s * SAMPLE_RATE / HOP))
 
-    def run(block: np.ndarray) -> np.ndarray:
-        nonlocal state
-        frames = model.frontend(torch.from_numpy(block).to(device)[None])
+    def run_chunk(block: np.ndarray, state):   # the streaming core's backend interface
+        frames = model.frontend(torch.from_numpy(block).to(device))
         _, state, outputs = model.encode_with_state(frames, state, return_layers=True)
-        return _rms_normalise(outputs[layer - 1][0].float().cpu().numpy())
+        return {"layer": outputs[layer - 1].float().cpu().numpy()}, state
 
+    runner = StreamRunner(run_chunk, None, frames_for(chunk_s))
     for piece in iter_audio(path, block_s=chunk_s):
-        buffer.append(piece)
-        while (block := buffer.take(max_frames)) is not None:
-            yield run(block)
-    while (block := buffer.take(max_frames, final=True)) is not None:
-        yield run(block)
+        out = runner.push(piece)
+        if len(out.get("layer", ())):
+            yield _rms_normalise(out["layer"])
+    out = runner.flush()
+    if len(out.get("layer", ())):
+        yield _rms_normalise(out["layer"])
 
 
 class _FileFeatures:

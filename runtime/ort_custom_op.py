@@ -41,7 +41,7 @@ def register_ssd_op() -> str:
     except ImportError:
         raise CustomOpUnavailable(INSTALL_HINT) from None
     if not _REGISTERED:
-        from biomamba.runtime.ssd_numpy import ssd_scan
+        from .ssd_numpy import ssd_scan
 
         f32 = PyCustomOpDef.dt_float
         attrs = {"plugin_version": PyCustomOpDef.dt_string, "plugin_namespace": PyCustomOpDef.dt_string}
