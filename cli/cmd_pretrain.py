@@ -24,14 +24,19 @@ def register(app: typer.Typer) -> None:
         layer: int = typer.Option(None, help="Phase 2: the label layer, 1-based (default the middle one)."),
         recipe: str = typer.Option("bidirectional-teacher",
                                    help="bidirectional-teacher (phase 1 trains a bidirectional teacher, phase 2 "
-                                        "the causal student on its labels), causal (the causal model in both "
-                                        "phases), or future (causal, plus heads predicting the next frames' "
-                                        "labels). The Transformer baseline ignores it (HuBERT's recipe)."),
+                                        "the causal student on its labels), distill (the same teacher; phase 2 "
+                                        "distils its layers into the causal student on every frame), causal "
+                                        "(the causal model in both phases), delayed (causal; a masked frame's "
+                                        "label is predicted --delay frames later), or future (causal, plus "
+                                        "heads predicting the next frames' labels). The Transformer baseline "
+                                        "ignores it (HuBERT's recipe)."),
         architecture: str = typer.Option("biomamba", help="biomamba, or transformer (the baseline, with HuBERT's "
                                                           "recipe as is)."),
         future_frames: int = typer.Option(None, help="Heads predicting labels of frames t+1..t+K (default 4 for "
                                                      "recipe future, else 0)."),
         future_weight: float = typer.Option(1.0, help="Weight of the future-frame loss."),
+        delay: int = typer.Option(None, help="Frames between a masked frame and the output that predicts its "
+                                             "label (default 10 = 200 ms for recipe delayed, else 0)."),
         preset: str = typer.Option("base", help="Model size: tiny, edge or base (ignored with --init)."),
         mask_prob: float = typer.Option(0.8, help="Span-start probability times span length (HuBERT 0.8)."),
         mask_length: int = typer.Option(10, help="Masked span length in frames (HuBERT 10)."),
@@ -39,7 +44,8 @@ def register(app: typer.Typer) -> None:
         final_dim: int = typer.Option(256, help="Projection size of the prediction head (HuBERT 256)."),
         temperature: float = typer.Option(0.1, help="Cosine-logit temperature (HuBERT 0.1)."),
         feature_penalty: float = typer.Option(0.0, help="Weight of the CNN feature penalty (HuBERT: 10, which "
-                                                       "collapses this LayerNorm front end; see bmamba.pretrain)."),
+                                                       "left small short runs at chance here; see "
+                                                       "biomamba.training.pretrain)."),
         cnn_grad_scale: float = typer.Option(0.1, help="Gradient scale of the CNN front end (HuBERT 0.1)."),
         steps: int = typer.Option(100_000, help="Optimizer steps."),
         crop: str = typer.Option("5s", help="Crop length per item (the longest with --min-crop)."),
@@ -84,7 +90,7 @@ def register(app: typer.Typer) -> None:
                 audio=list(audio), out=out, phase=phase, clusters=clusters, init=init, labels_from=labels_from,
                 from_scratch=from_scratch, layer=layer, recipe=recipe, architecture=architecture,
                 future_frames=future_frames,
-                future_weight=future_weight, preset=preset, mask_prob=mask_prob, mask_length=mask_length,
+                future_weight=future_weight, delay=delay, preset=preset, mask_prob=mask_prob, mask_length=mask_length,
                 min_masks=min_masks, final_dim=final_dim, temperature=temperature, feature_penalty=feature_penalty,
                 cnn_grad_scale=cnn_grad_scale, steps=steps, crop_s=parse_duration(crop),
                 min_crop_s=parse_duration(min_crop) if min_crop else None, batch_size=batch_size,

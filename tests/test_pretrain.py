@@ -25,8 +25,10 @@ from biomamba.training.mfcc import mfcc_model_frames
 from biomamba.training.pretrain.data import IGNORE, PretrainDataset, collate_pretrain
 from biomamba.training.pretrain.labels import layer_features, mfcc_features
 from biomamba.training.pretrain.objective import (
+    DistillModel,
     PretrainModel,
     compute_mask,
+    distill_loss,
     label_loss,
     mask_span_starts,
 )
@@ -177,6 +179,71 @@ def test_future_heads_predict_later_labels():
     want = sum(label_loss(model.future_proj[k - 1](hidden[:, :-k]), model.label_embeddings, labels[:, k:],
                           valid[:, k:], 0.1)[0] for k in (1, 2)) / 2
     assert torch.allclose(out["future_loss"], want, rtol=1e-5)
+
+
+def test_delayed_target_reads_each_masked_frame_d_frames_later():
+    """Oracle: frame by frame, the masked frame t with t + d valid is scored by the cross-entropy
+    of the cosine logits of the output at t + d against t's label (float64), averaged."""
+    rng = np.random.default_rng()
+    audio, lengths, labels, mask = _batch(rng)
+    d = int(rng.integers(1, 8))
+    model = perturb_(PretrainModel(BioMamba.from_preset("tiny", task="embed"), 5, delay=d)).eval()
+    with torch.no_grad():
+        out = model(audio, lengths, labels, mask)
+        frames = torch.where(mask[..., None], model.mask_embedding, model.encoder.frontend(audio))
+        projected = model.proj(model.encoder.encode(frames)).double()
+    embeddings = torch.nn.functional.normalize(model.label_embeddings.detach().double(), dim=-1)
+    losses = []
+    for b in range(2):
+        for t in range(30 - d):
+            if mask[b, t] and t + d < lengths[b] and labels[b, t] != IGNORE:
+                logits = torch.nn.functional.normalize(projected[b, t + d], dim=0) @ embeddings.T / 0.1
+                losses.append(float(torch.logsumexp(logits, 0) - logits[labels[b, t]]))
+    assert len(losses) > 5
+    assert float(out["masked_loss"]) == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+def test_distill_loss_is_distilhuberts():
+    """L1 averaged over frames and dimensions minus log sigmoid of each frame's cosine, over the
+    valid frames only, against a float64 loop."""
+    rng = np.random.default_rng()
+    predicted, target = (torch.tensor(rng.standard_normal((2, 9, 6)), dtype=torch.float32) for _ in range(2))
+    valid = torch.arange(9)[None] < torch.tensor([9, 4])[:, None]
+    loss, l1, cosine = distill_loss(predicted, target, valid)
+    rows = [(predicted[b, t].double().numpy(), target[b, t].double().numpy())
+            for b in range(2) for t in range(9) if valid[b, t]]
+    l1_want = np.mean([np.abs(p - t).mean() for p, t in rows])
+    cos = [p @ t / np.linalg.norm(p) / np.linalg.norm(t) for p, t in rows]
+    want = l1_want - np.mean([-np.log1p(np.exp(-c)) for c in cos])
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    assert (float(l1), float(cosine)) == pytest.approx((l1_want, np.mean(cos)), rel=1e-5)
+
+
+def test_distillation_targets_are_the_frozen_teachers_layers_on_the_whole_crop():
+    """Each head learns one teacher layer (RMS-normalised) computed on the unmasked crop, padding
+    excluded; the teacher gets no gradient and is not part of the saved heads."""
+    rng = np.random.default_rng()
+    audio, lengths, _, _ = _batch(rng)
+    teacher = perturb_(BidirectionalBioMamba.from_preset("tiny", task="embed"))
+    model = DistillModel(perturb_(BioMamba.from_preset("tiny", task="embed")), teacher)
+    out = model(audio, lengths)
+    out["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not any(k.startswith("_teacher") for k in model.state_dict())
+    assert set(model.heads_state_dict()) == {"heads.0.weight", "heads.0.bias", "heads.1.weight", "heads.1.bias"}
+    with torch.no_grad():
+        hidden = model.encoder.encode(model.encoder.frontend(audio))
+        want = 0.0
+        for b, n in enumerate(lengths.tolist()):   # row by row: the teacher sees exactly the valid frames
+            _, layers = teacher.encode_layers(teacher.frontend(audio[b : b + 1, : 80 + 320 * n]))
+            for head, layer in zip(model.heads, layers):
+                target = layer[0].double()
+                target = target / target.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+                predicted = head(hidden[b, :n]).double()
+                cos = torch.nn.functional.cosine_similarity(predicted, target, dim=-1)
+                # per-row sums, divided by all valid frames below (the loss averages over frames)
+                want += float(((predicted - target).abs().mean(-1) - torch.nn.functional.logsigmoid(cos)).sum())
+    assert float(out["loss"]) == pytest.approx(want / int(lengths.sum()), rel=1e-4)
 
 
 # --------------------------------------------------------------------------- features and labels
@@ -346,6 +413,34 @@ def test_future_recipe_adds_heads(corpus, tmp_path):
     heads = load_file(str(tmp_path / "f" / LAST / "heads.safetensors"))
     assert {f"future_proj.{k}.weight" for k in range(4)} <= heads.keys()
     assert result["final"]["train_future_loss"] > 0
+
+
+def test_delayed_recipe_records_its_delay(corpus, tmp_path):
+    result = pretrain(tiny_pretrain(corpus, tmp_path / "d", recipe="delayed", kmeans_fraction=1.0))
+    config = json.loads((tmp_path / "d" / LAST / "config.json").read_text())
+    assert config["pretraining"]["delay"] == 10 and config["pretraining"]["recipe"] == "delayed"
+    assert result["final"]["train_masked_loss"] > 0
+
+
+def test_distill_recipe(corpus, tmp_path):
+    """Phase 1 trains the bidirectional teacher; phase 2 distils it into a causal student, with no
+    k-means labels; the teacher's checkpoint is unchanged."""
+    pretrain(tiny_pretrain(corpus, tmp_path / "t1", recipe="distill", kmeans_fraction=1.0))
+    before = load_file(str(tmp_path / "t1" / LAST / "model.safetensors"))
+    result = pretrain(tiny_pretrain(corpus, tmp_path / "t2", recipe="distill", phase=2, init=tmp_path / "t1"))
+    assert result["label_source"].startswith("distill-biomamba-bidirectional-") and result["clusters"] is None
+    assert not (tmp_path / "t2" / "labels").exists()
+    log = [json.loads(x) for x in (tmp_path / "t2" / "log.jsonl").read_text().splitlines()]
+    assert {"train_l1", "train_cosine"} <= log[-1].keys()
+    student = BioMamba.load(tmp_path / "t2" / LAST)
+    assert student.task == "embed"
+    after = load_file(str(tmp_path / "t1" / LAST / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="leave --labels-only out"):
+        pretrain(tiny_pretrain(corpus, tmp_path / "t3", recipe="distill", phase=2, init=tmp_path / "t1",
+                               labels_only=True))
+    with pytest.raises(ValueError, match="HuBERT's own recipe"):
+        pretrain(tiny_pretrain(corpus, tmp_path / "t4", architecture="transformer", recipe="distill"))
 
 
 def test_bidirectional_model_reverses_within_each_rows_length():

@@ -21,25 +21,33 @@ HuBERT's recipe (fairseq ``examples/hubert``; defaults here are its published on
 - loss: the encoder output projected to ``final_dim`` (256), cosine similarity with learned label
   embeddings divided by a temperature (0.1), cross-entropy on the masked frames only; the CNN's
   gradient scaled by 0.1. HuBERT adds a feature penalty (mean square of the CNN features, weight
-  10) that keeps the scale of its GroupNorm front end's output down. Here it is an option with
-  default 0: our front end has a per-frame LayerNorm and GELU after every conv, so the penalty can
-  only be lowered by driving the last layer's activations into GELU's flat negative side, which
-  makes the features nearly constant; the front end is then frozen for fine-tuning. On the phoebe
-  cross-validation weight 10 left every pre-trained model at chance and weight 0 did not (the
-  numbers are in recipes/README.md);
+  10). Here it is an option with default 0. The front-end type is not the reason: HuBERT-Large
+  trains this same layer-norm conv front end with weight 10. What was measured here: on the phoebe
+  cross-validation (edge: a 48-channel CNN against HuBERT's 512, 400 steps per phase against
+  250-400k, the front end then frozen for fine-tuning), weight 10 shrank the CNN features about 20x
+  and left every pre-trained model at chance, weight 0 did not (recipes/README.md); which of the
+  narrow CNN, the few steps and the frozen front end matters most was not separated;
 - optimisation: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.01, lr 5e-4, linear warm-up over 8 %
   of the steps then linear decay to 0, gradient clip 10.
 
-Our encoder is causal (the streaming contract), so a masked frame is predicted from the past only.
-Recipes (``recipe``):
+Our encoder is causal (the streaming contract), so with HuBERT's loss a masked frame is predicted
+from the past only: mostly a prediction of the future, scored on none of the frames that
+fine-tuning and detection see. Recipes (``recipe``; compared with linear probes of the frozen
+encoder by ``recipes/compare_pretraining.sh``, evidence in ``recipes/results/pretraining_probes.md``):
 
 - ``bidirectional-teacher`` (the default): phase 1 trains a bidirectional teacher
   (`biomamba.bidirectional.BidirectionalBioMamba`: every layer adds a forward and a time-reversed
   Mamba2, "ExtBiMamba");
   phase 2 clusters the teacher's layer and trains the causal student on those labels (by default
-  initialised from the teacher's forward branch and front end). Chosen over ``causal`` on the
-  phoebe cross-validation (accuracies, noise and costs in recipes/README.md);
+  initialised from the teacher's forward branch and front end);
+- ``distill``: phase 1 is the same teacher; phase 2 distils every teacher layer into the causal
+  student on every frame (`objective.DistillModel`: DistilHuBERT's heads and L1 - log sigmoid(cos)
+  loss), no k-means and no masking: the student learns what a model that saw both sides of the
+  crop computes, from the past alone, on exactly the frames detection scores;
 - ``causal``: the plain recipe above with the causal BioMamba in both phases;
+- ``delayed``: ``causal`` with the masked frame t predicted from the output at t + ``delay``
+  (default 10 frames, 200 ms: one span), so the prediction has seen what follows the span; a
+  streaming model then answers with that fixed latency;
 - ``future``: the causal recipe plus ``future_frames`` heads (default 4): head k predicts, from the
   causal state at frame t, the label of frame t + k, on every frame (NEST-RQ-like next-token
   prediction added to the masked loss, weight ``future_weight``).

@@ -24,12 +24,19 @@ class PretrainDataset(Dataset):
     (HuBERT crops 2-15.6 s), so that the encoder sees contexts of many lengths.
     Items: (audio float32 [80 + 320 T]: the crop with its 80 samples of left context, zeros at the
     recording's start and past its end; labels int64 [T]).
+    Without label files (``label_files=None``: a recipe that needs none, the distillation) the
+    recordings' frame counts are given as ``frames`` and every label is IGNORE.
     """
 
-    def __init__(self, files: Sequence[Path], label_files: Sequence[Path], crop_s: float, seed: int = 0,
-                 min_crop_s: float | None = None):
-        self.files, self.label_files = list(files), list(label_files)
-        self.frames = [int(np.load(p, mmap_mode="r").shape[0]) for p in self.label_files]
+    def __init__(self, files: Sequence[Path], label_files: Sequence[Path] | None, crop_s: float, seed: int = 0,
+                 min_crop_s: float | None = None, frames: Sequence[int] | None = None):
+        self.files = list(files)
+        self.label_files = None if label_files is None else list(label_files)
+        if self.label_files is not None:
+            frames = [int(np.load(p, mmap_mode="r").shape[0]) for p in self.label_files]
+        if frames is None or len(frames) != len(self.files):
+            raise ValueError("PretrainDataset needs a label file or a frame count per recording")
+        self.frames = [int(n) for n in frames]
         self.durations = [audio_info(f).duration_s for f in self.files]
         self.crop = max(1, int(round(crop_s * SAMPLE_RATE / HOP)))
         self.min_crop = self.crop if min_crop_s is None else max(1, int(round(min_crop_s * SAMPLE_RATE / HOP)))
@@ -57,7 +64,10 @@ class PretrainDataset(Dataset):
         audio = read_audio(self.files[f], offset_s=offset, duration_s=duration)[: end - max(begin, 0)]
         out = np.zeros(CONTEXT + n * HOP, np.float32)
         out[max(0, -begin) : max(0, -begin) + len(audio)] = audio
-        labels = np.asarray(np.load(self.label_files[f], mmap_mode="r")[start : start + n], dtype=np.int64)
+        if self.label_files is None:
+            labels = np.full(n, IGNORE, np.int64)
+        else:
+            labels = np.asarray(np.load(self.label_files[f], mmap_mode="r")[start : start + n], dtype=np.int64)
         return torch.from_numpy(out), torch.from_numpy(labels)
 
 

@@ -74,17 +74,36 @@ class _ScaleGradient(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+def student_frames(encoder: AudioModel, audio: torch.Tensor, frame_lengths: torch.Tensor,
+                   cnn_grad_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The front end's part of every recipe: audio [B, 80 + 320 T] -> (frames [B, T, D], valid
+    [B, T] bool, penalty: HuBERT's mean square of the CNN features over the valid frames). The CNN's
+    gradient is scaled by ``cnn_grad_scale`` (HuBERT 0.1)."""
+    frontend = encoder.frontend
+    features = frontend.conv_features(audio)                            # [B, T, C]
+    if cnn_grad_scale != 1.0:
+        features = _ScaleGradient.apply(features, cnn_grad_scale)
+    valid = torch.arange(features.shape[1], device=audio.device)[None, :] < frame_lengths[:, None]
+    penalty = (features.float().pow(2).mean(-1) * valid).sum() / valid.sum().clamp(min=1)
+    return frontend.project(features), valid, penalty
+
+
 class PretrainModel(nn.Module):
     """The encoder being pre-trained plus HuBERT's heads.
 
     forward(audio [B, 80 + 320 T] (with the 80 samples of left context), frame_lengths [B],
     labels [B, T] (IGNORE on padding), mask [B, T] bool) -> {"loss", "masked_loss",
     "future_loss", "penalty", "masked_acc"} (scalars).
+
+    ``delay`` d > 0 (the ``delayed`` recipe): the label of a masked frame t is predicted from the
+    encoder's output at frame t + d, so a causal encoder has seen d frames after t (up to the end of
+    a masked span when d >= the span length) and streams with a fixed latency of d frames; masked
+    frames within d of a crop's end are not scored.
     """
 
     def __init__(self, encoder: AudioModel, n_labels: int, final_dim: int = 256, future_frames: int = 0,
                  temperature: float = 0.1, feature_penalty: float = 0.0, cnn_grad_scale: float = 0.1,
-                 future_weight: float = 1.0):
+                 future_weight: float = 1.0, delay: int = 0):
         super().__init__()
         d = encoder.config.d_model
         self.encoder = encoder
@@ -93,24 +112,21 @@ class PretrainModel(nn.Module):
         self.future_proj = nn.ModuleList(nn.Linear(d, final_dim) for _ in range(future_frames))
         self.label_embeddings = nn.Parameter(torch.empty(n_labels, final_dim).uniform_())
         self.temperature, self.feature_penalty = temperature, feature_penalty
-        self.cnn_grad_scale, self.future_weight = cnn_grad_scale, future_weight
+        self.cnn_grad_scale, self.future_weight, self.delay = cnn_grad_scale, future_weight, delay
 
     def heads_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
 
     def forward(self, audio: torch.Tensor, frame_lengths: torch.Tensor, labels: torch.Tensor,
                 mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        frontend = self.encoder.frontend
-        features = frontend.conv_features(audio)                        # [B, T, C]
-        if self.cnn_grad_scale != 1.0:
-            features = _ScaleGradient.apply(features, self.cnn_grad_scale)
-        valid = torch.arange(features.shape[1], device=audio.device)[None, :] < frame_lengths[:, None]
-        penalty = (features.float().pow(2).mean(-1) * valid).sum() / valid.sum().clamp(min=1)
-        frames = frontend.project(features)
+        frames, valid, penalty = student_frames(self.encoder, audio, frame_lengths, self.cnn_grad_scale)
         frames = torch.where(mask[..., None], self.mask_embedding.to(frames.dtype), frames)
         hidden, _ = self.encoder.encode_layers(frames, valid)
-        masked_loss, correct, n = label_loss(self.proj(hidden), self.label_embeddings, labels, mask & valid,
-                                             self.temperature)
+        d = self.delay
+        # output at t + d against the label of t; d = 0 is HuBERT's output at t
+        masked_loss, correct, n = label_loss(self.proj(hidden[:, d:]), self.label_embeddings,
+                                             labels[:, : labels.shape[1] - d], mask[:, : mask.shape[1] - d]
+                                             & valid[:, d:], self.temperature)
         future_loss = hidden.new_zeros((), dtype=torch.float32)
         for k, head in enumerate(self.future_proj, start=1):
             # head k at frame t predicts the label of frame t + k (unmasked or not: t cannot see it)
@@ -120,3 +136,60 @@ class PretrainModel(nn.Module):
         loss = masked_loss + self.future_weight * future_loss + self.feature_penalty * penalty
         return {"loss": loss, "masked_loss": masked_loss.detach(), "future_loss": future_loss.detach(),
                 "penalty": penalty.detach(), "masked_acc": correct.float() / max(n, 1)}
+
+
+def rms_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """[..., D] -> the same over its root mean square on D (the label features' normalisation)."""
+    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
+
+
+def distill_loss(predicted: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """DistilHuBERT's loss of one head, over the valid frames: mean |predicted - target| minus
+    log sigmoid(cosine(predicted, target)). predicted, target [B, T, D], valid [B, T] bool.
+    Returns (loss, mean L1, mean cosine)."""
+    p, t = predicted[valid].float(), target[valid].float()
+    if len(p) == 0:
+        zero = predicted.sum() * 0.0
+        return zero, zero.detach(), zero.detach()
+    l1 = (p - t).abs().mean()
+    cosine = F.cosine_similarity(p, t, dim=-1)
+    return l1 - F.logsigmoid(cosine).mean(), l1.detach(), cosine.mean().detach()
+
+
+class DistillModel(nn.Module):
+    """The ``distill`` recipe's phase 2: a causal student learns, on every frame, the layers of a
+    frozen teacher that saw the whole crop (DistilHuBERT, Chang et al. 2022: one linear head per
+    teacher layer on the student's last hidden state, L1 - log sigmoid(cosine), weight 1 each).
+
+    forward(audio [B, 80 + 320 T], frame_lengths [B]) -> {"loss", "l1", "cosine", "penalty"}
+    (scalars; l1 and cosine are means over the heads). Targets: teacher layer l's output [B, T, D_t],
+    RMS-normalised per frame (the residual stream's scale grows with depth; the cosine term is
+    scale-free and the L1 term then is too). The teacher is held outside the module tree: it is
+    neither trained, nor saved with the heads, nor wrapped by DDP.
+    """
+
+    def __init__(self, encoder: AudioModel, teacher: AudioModel, cnn_grad_scale: float = 0.1,
+                 feature_penalty: float = 0.0):
+        super().__init__()
+        self.encoder = encoder
+        self._teacher = [teacher.eval().requires_grad_(False)]
+        d, d_teacher = encoder.config.d_model, teacher.config.d_model
+        self.heads = nn.ModuleList(nn.Linear(d, d_teacher) for _ in range(len(teacher.layers)))
+        self.cnn_grad_scale, self.feature_penalty = cnn_grad_scale, feature_penalty
+
+    def heads_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+
+    def forward(self, audio: torch.Tensor, frame_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        teacher = self._teacher[0]
+        frames, valid, penalty = student_frames(self.encoder, audio, frame_lengths, self.cnn_grad_scale)
+        with torch.no_grad():
+            _, targets = teacher.encode_layers(teacher.frontend(audio), valid)
+        hidden, _ = self.encoder.encode_layers(frames, valid)
+        loss, l1, cosine = penalty.new_zeros(()), 0.0, 0.0
+        for head, target in zip(self.heads, targets):
+            loss_l, l1_l, cosine_l = distill_loss(head(hidden), rms_normalise(target), valid)
+            loss, l1, cosine = loss + loss_l, l1 + l1_l, cosine + cosine_l
+        n = len(self.heads)
+        return {"loss": loss + self.feature_penalty * penalty, "l1": l1 / n, "cosine": cosine / n,
+                "penalty": penalty.detach()}

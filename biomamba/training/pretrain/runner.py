@@ -35,14 +35,17 @@ from ..mfcc import FRAME_LENGTH
 from ..runs import check_choice, prepare_out
 from .data import PretrainDataset, collate_pretrain
 from .labels import KMeansOptions, build_labels, layer_features, mfcc_features
-from .objective import PretrainModel, compute_mask
+from .objective import DistillModel, PretrainModel, compute_mask
 
-RECIPES = ("causal", "bidirectional-teacher", "future")
+RECIPES = ("causal", "bidirectional-teacher", "future", "delayed", "distill")
+# recipes whose phase 1 trains the bidirectional teacher (phase 2 then learns from it)
+TEACHER_RECIPES = ("bidirectional-teacher", "distill")
 # --architecture: names in biomamba.loading.ARCHITECTURES; with "biomamba" the recipe and phase pick
 # the bidirectional teacher or the causal BioMamba
 ARCHITECTURE_CHOICES = (BioMamba.architecture, TransformerBaseline.architecture)
 HEADS_FILE = "heads.safetensors"
 DEFAULT_FUTURE_FRAMES = 4
+DEFAULT_DELAY_FRAMES = 10    # recipe delayed: 200 ms of latency, one masked span (HuBERT's mask_length)
 
 
 @dataclass
@@ -61,13 +64,14 @@ class PretrainConfig:
     architecture: str = "biomamba"       # or "transformer": the baseline, HuBERT's recipe as is
     future_frames: int | None = None     # default 4 for recipe "future", else 0
     future_weight: float = 1.0
+    delay: int | None = None             # frames; default DEFAULT_DELAY_FRAMES for recipe "delayed", else 0
     preset: str = "base"
     mask_prob: float = 0.8
     mask_length: int = 10
     min_masks: int = 2
     final_dim: int = 256
     temperature: float = 0.1
-    feature_penalty: float = 0.0         # HuBERT: 10; collapses our LayerNorm front end (see above)
+    feature_penalty: float = 0.0         # HuBERT: 10; see the package docstring for why 0 here
     cnn_grad_scale: float = 0.1
     steps: int = 100_000
     crop_s: float = 5.0
@@ -93,7 +97,7 @@ class PretrainConfig:
 
 
 RESUME_KEYS = ("audio", "phase", "clusters", "init", "labels_from", "layer", "recipe", "architecture", "future_frames",
-               "preset", "mask_prob", "mask_length", "crop_s", "min_crop_s", "batch_size", "seed", "steps")
+               "delay", "preset", "mask_prob", "mask_length", "crop_s", "min_crop_s", "batch_size", "seed", "steps")
 
 
 def _weights_digest(model: nn.Module) -> str:
@@ -121,14 +125,23 @@ def _readable(inputs: Sequence, notes: list[str]) -> tuple[list[Path], list[floa
     return good, durations
 
 
-def _label_source(cfg: PretrainConfig, device: torch.device):
-    """(name, features(path) callable, label model or None) for the phase."""
-    if cfg.phase == 1:
-        return "mfcc", mfcc_features, None
+def _phase1_model(cfg: PretrainConfig, device: torch.device) -> AudioModel:
+    """Phase 2's source of labels or targets: ``labels_from``, else ``init`` (frozen, eval mode)."""
     source = cfg.labels_from or cfg.init
     if source is None:
         raise ValueError("phase 2 needs the phase-1 model: pass --init (or --labels-from)")
-    model = load_model_from(source, device).eval()
+    return load_model_from(source, device).eval().requires_grad_(False)
+
+
+def _model_name(model: AudioModel) -> str:
+    return f"{model.architecture}-{_weights_digest(model)}"
+
+
+def _label_source(cfg: PretrainConfig, device: torch.device):
+    """(name, features(path) callable, label layer or None) for the phase."""
+    if cfg.phase == 1:
+        return "mfcc", mfcc_features, None
+    model = _phase1_model(cfg, device)
     n = len(model.layers)
     layer = cfg.layer if cfg.layer is not None else max(1, n // 2)
     if not 1 <= layer <= n:
@@ -146,7 +159,7 @@ def _build_encoder(cfg: PretrainConfig) -> AudioModel:
     causal BioMamba. From ``init`` (its encoder) unless there is none or phase 2 asks for a fresh one."""
     if cfg.architecture == TransformerBaseline.architecture:
         cls = TransformerBaseline
-    elif cfg.recipe == "bidirectional-teacher" and cfg.phase == 1:
+    elif cfg.recipe in TEACHER_RECIPES and cfg.phase == 1:
         cls = BidirectionalBioMamba
     else:
         cls = BioMamba
@@ -159,9 +172,9 @@ def check_options(cfg: PretrainConfig) -> None:
     """Raise ValueError naming the first option out of its range."""
     check_choice("--recipe", cfg.recipe, RECIPES)
     check_choice("--architecture", cfg.architecture, ARCHITECTURE_CHOICES)
-    if cfg.architecture == "transformer" and cfg.recipe == "future":
-        raise ValueError("--recipe future is for the causal BioMamba; the Transformer baseline takes HuBERT's "
-                         "own recipe (leave --recipe out)")
+    if cfg.architecture == "transformer" and cfg.recipe in ("future", "delayed", "distill"):
+        raise ValueError(f"--recipe {cfg.recipe} is for the causal BioMamba; the Transformer baseline takes "
+                         "HuBERT's own recipe (leave --recipe out)")
     check_choice("--phase", cfg.phase, (1, 2))
     check_choice("--amp", cfg.amp, AMP_CHOICES)
     check_choice("--preset", cfg.preset, tuple(PRESETS))
@@ -173,8 +186,17 @@ def check_options(cfg: PretrainConfig) -> None:
         raise ValueError(f"--kmeans-fraction must be in (0, 1], got {cfg.kmeans_fraction}")
     if cfg.min_crop_s is not None and not 0 < cfg.min_crop_s <= cfg.crop_s:
         raise ValueError(f"--min-crop must be in (0, --crop], got {cfg.min_crop_s} with --crop {cfg.crop_s}")
+    if cfg.delay is not None and cfg.delay < 0:
+        raise ValueError(f"--delay must be >= 0 frames, got {cfg.delay}")
+    if _distilling(cfg) and cfg.labels_only:
+        raise ValueError("--recipe distill has no labels in phase 2 (it learns the teacher's layers): "
+                         "leave --labels-only out")
     if cfg.accumulate < 1 or cfg.max_skipped_steps < 0:
         raise ValueError("--accumulate must be >= 1 and --max-skipped-steps >= 0")
+
+
+def _distilling(cfg: PretrainConfig) -> bool:
+    return cfg.recipe == "distill" and cfg.phase == 2
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
@@ -188,9 +210,12 @@ def pretrain(cfg: PretrainConfig) -> dict:
     check_options(cfg)
     future = cfg.future_frames if cfg.future_frames is not None else (
         DEFAULT_FUTURE_FRAMES if cfg.recipe == "future" else 0)
-    if future and cfg.phase == 1 and cfg.recipe == "bidirectional-teacher":
-        raise ValueError("future-frame heads need a causal encoder; the phase-1 teacher is bidirectional")
-    k = cfg.clusters or (100 if cfg.phase == 1 else 500)
+    delay = cfg.delay if cfg.delay is not None else (DEFAULT_DELAY_FRAMES if cfg.recipe == "delayed" else 0)
+    if (future or delay) and cfg.phase == 1 and cfg.recipe in TEACHER_RECIPES:
+        raise ValueError("future-frame heads and a delay need a causal encoder; the phase-1 teacher is bidirectional")
+    if (future or delay) and _distilling(cfg):
+        raise ValueError("the distillation has no label heads: --future-frames and --delay do not apply")
+    k = None if _distilling(cfg) else cfg.clusters or (100 if cfg.phase == 1 else 500)
     dist, device = setup_distributed(cfg.device)
     try:
         run = Run(device, select_amp(cfg.amp, device), dist)
@@ -199,34 +224,42 @@ def pretrain(cfg: PretrainConfig) -> dict:
         report_skipped(dist, notes)
         if not files:
             raise ValueError(f"no readable recordings in {', '.join(map(str, cfg.audio)) or 'the inputs'}")
-        args = {**asdict(cfg), "audio": [str(f) for f in files], "future_frames": future, "clusters": k}
+        args = {**asdict(cfg), "audio": [str(f) for f in files], "future_frames": future, "delay": delay,
+                "clusters": k}
         prepare_out(cfg.out, cfg.resume, args, dist, RESUME_KEYS)
-        name, features, layer = _label_source(cfg, device)
         frames = [max(1, int(d * SAMPLE_RATE) // HOP) for d in durations]
-        labels_dir = cfg.out / "labels" / f"{name}-k{k}"
-        label_files = build_labels(files, frames, features, k, labels_dir, name,
-                                   KMeansOptions(cfg.kmeans_fraction, batch_size=cfg.kmeans_batch,
-                                                 n_init=cfg.kmeans_init, seed=cfg.seed),
-                                   dist, lambda s: echo(dist, s))
-        result = {"out": str(cfg.out), "labels": str(labels_dir), "label_source": name, "clusters": k,
-                  "notes": notes}
+        if _distilling(cfg):   # targets come from the teacher on the fly: no k-means
+            teacher = _phase1_model(cfg, device)
+            name, layer, labels_dir, label_files = f"distill-{_model_name(teacher)}", None, None, None
+        else:
+            name, features, layer = _label_source(cfg, device)
+            labels_dir = cfg.out / "labels" / f"{name}-k{k}"
+            label_files = build_labels(files, frames, features, k, labels_dir, name,
+                                       KMeansOptions(cfg.kmeans_fraction, batch_size=cfg.kmeans_batch,
+                                                     n_init=cfg.kmeans_init, seed=cfg.seed),
+                                       dist, lambda s: echo(dist, s))
+        result = {"out": str(cfg.out), "labels": labels_dir and str(labels_dir), "label_source": name,
+                  "clusters": k, "notes": notes}
         if cfg.labels_only:
             return result
 
         seed_everything(cfg.seed)
         encoder = _build_encoder(cfg)
-        model = PretrainModel(encoder, k, cfg.final_dim, future, cfg.temperature, cfg.feature_penalty,
-                              cfg.cnn_grad_scale, cfg.future_weight).to(device)
+        if _distilling(cfg):
+            model = DistillModel(encoder, teacher, cfg.cnn_grad_scale, cfg.feature_penalty).to(device)
+        else:
+            model = PretrainModel(encoder, k, cfg.final_dim, future, cfg.temperature, cfg.feature_penalty,
+                                  cfg.cnn_grad_scale, cfg.future_weight, delay).to(device)
         optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr,
                                       betas=(0.9, 0.98), eps=1e-6)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, WarmupDecay(round(cfg.warmup_fraction * cfg.steps), cfg.steps))
-        dataset = PretrainDataset(files, label_files, cfg.crop_s, cfg.seed, cfg.min_crop_s)
+        dataset = PretrainDataset(files, label_files, cfg.crop_s, cfg.seed, cfg.min_crop_s, frames)
         batches_per_epoch = max(1, math.ceil(math.ceil(len(dataset) / dist.world_size) / cfg.batch_size))
         # The Transformer sees both sides already: teacher and student are one model, HuBERT's recipe.
         recipe = "hubert" if cfg.architecture == "transformer" else cfg.recipe
         info = {"phase": cfg.phase, "recipe": recipe, "clusters": k, "label_source": name,
-                "label_layer": layer, "future_frames": future, "mask_prob": cfg.mask_prob,
+                "label_layer": layer, "future_frames": future, "delay": delay, "mask_prob": cfg.mask_prob,
                 "mask_length": cfg.mask_length, "final_dim": cfg.final_dim, "temperature": cfg.temperature}
 
         def save(folder: Path, progress: dict) -> None:
@@ -244,6 +277,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
                                    **load_file(str(folder / HEADS_FILE))})
 
         def loss_fn(net, batch: dict, state: LoopState):
+            if _distilling(cfg):
+                out = net(batch["audio"], batch["frame_lengths"])
+                return out["loss"], {k: float(out[k]) for k in ("l1", "cosine", "penalty")}
             seed = int(np.random.SeedSequence([cfg.seed, state.global_step, dist.rank]).generate_state(1)[0])
             mask = compute_mask(batch["frame_lengths"].cpu(), batch["labels"].shape[1], cfg.mask_prob,
                                 cfg.mask_length, cfg.min_masks, torch.Generator().manual_seed(seed))
@@ -257,7 +293,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                              what="pretrain")
         echo(dist, f"bmamba pretrain: phase {cfg.phase}, recipe {recipe}, {type(encoder).__name__} "
                       f"{encoder.num_parameters():,} parameters, {len(files)} recordings, {len(dataset)} crops "
-                      f"of {cfg.crop_s:g} s, {k} clusters, {cfg.steps} steps, {device}, amp {amp_name(run.amp)}")
+                      f"of {cfg.crop_s:g} s, {f'{k} clusters' if k else 'targets ' + name}, {cfg.steps} steps, {device}, amp {amp_name(run.amp)}")
         state = fit(run, loop, model, optimizer, scheduler, dataset, collate_pretrain, loss_fn, save, load,
                        items_per_batch=lambda b: float(b["frame_lengths"].sum()) * HOP / SAMPLE_RATE)
         return {**result, "last": str(cfg.out / LAST), "steps": state.global_step,
