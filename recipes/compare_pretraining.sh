@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Compare pre-training recipes by linear probes of the frozen encoders (issue 10).
+#
+# For preset $SIZE and each recipe in $RECIPES: `bmamba pretrain` phase 1, then phase 2 from it,
+# every run with the same steps, batch, crop and seed, on the same audio as recipes/insectset32.sh's
+# pre-training (recipes/layout.py's pre-training list + InsectSet32's train split; labels unused,
+# the validation split never). Then recipes/probe.py probes every encoder (phase 2 and phase 1)
+# and a freshly initialised one (random:biomamba-$SIZE, the control every recipe must beat) on
+# InsectSet32 (fitted on train, scored on validation) and the phoebe 5 folds, and
+# recipes/collect_probes.py writes recipes/results/$RESULTS_NAME.{json,md}.
+#
+#   recipes/compare_pretraining.sh                               # WORK=/work/exp, tiny, 1000 steps
+#   RECIPES="causal delayed" STEPS=200 recipes/compare_pretraining.sh
+#   DEVICE=cuda SIZE=edge STEPS=20000 recipes/compare_pretraining.sh
+#
+# Layout: WORK/pt/<recipe>-<size>-p<phase>/ (the runs), WORK/probes/<run>.json (probe.py's report
+# per encoder), WORK/logs/<step>.log and WORK/times.tsv (recipes/timed.sh). Re-running skips every
+# step already in WORK/times.tsv (delete its line to redo it).
+#
+# Note: phase 1 of bidirectional-teacher and distill is the bidirectional teacher, which sees the
+# future: its probe is a reference, not a causal encoder (the table names each architecture).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${WORK:-/work/exp}
+BMAMBA=${BMAMBA:-bmamba}
+PYTHON=${PYTHON:-python}
+REAL=${BMAMBA_REAL_DATA:-$REPO/../shared/data/real}   # the real-data root (recipes/layout.py's too)
+DATA=${DATA:-$REAL/insectset32/files.csv}
+
+DEVICE=${DEVICE:-auto}
+PROBE_DEVICE=${PROBE_DEVICE:-cpu}
+SIZE=${SIZE:-tiny}
+RECIPES=${RECIPES:-"causal bidirectional-teacher future delayed distill"}
+STEPS=${STEPS:-1000}
+BATCH=${BATCH:-8}
+RESULTS_NAME=${RESULTS_NAME:-pretraining_probes}
+# One thread: the development machine's 2 cores are shared. Use your core count on a free machine.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+mkdir -p "$WORK/pt" "$WORK/probes"
+. "$REPO/recipes/timed.sh"
+cd "$REPO"
+
+# The pre-training audio: layout.py's list (one path a line) and InsectSet32's train split. mapfile
+# keeps every path one argument (some hold spaces).
+BMAMBA_REAL_DATA=$REAL "$PYTHON" recipes/layout.py pretrain "$WORK"
+BMAMBA_REAL_DATA=$REAL "$PYTHON" recipes/layout.py cv "$WORK"          # WORK/fold{1..5}: the phoebe folds
+mapfile -t PT_AUDIO < <(cat "$WORK/pretrain_audio.txt"; "$PYTHON" -c 'import sys
+from biomamba.data import read_beans_csv
+print("\n".join(str(p) for p, _ in read_beans_csv(sys.argv[1], split="train")))' "$DATA")
+
+COMMON=(--preset "$SIZE" --steps "$STEPS" --batch-size "$BATCH" --seed 0 --device "$DEVICE")
+for recipe in $RECIPES; do
+  run="$WORK/pt/$recipe-$SIZE"
+  timed "pretrain-$recipe-$SIZE-p1" $BMAMBA pretrain "${PT_AUDIO[@]}" "${COMMON[@]}" \
+      --recipe "$recipe" --phase 1 --out "$run-p1"
+  timed "pretrain-$recipe-$SIZE-p2" $BMAMBA pretrain "${PT_AUDIO[@]}" "${COMMON[@]}" \
+      --recipe "$recipe" --phase 2 --init "$run-p1/last" --out "$run-p2"
+done
+
+# probe NAME CHECKPOINT: one encoder on both tasks -> WORK/probes/NAME.json
+probe() {
+  timed "probe-$1" "$PYTHON" recipes/probe.py "$2" --insectset32 "$DATA" --phoebe "$WORK" \
+      --device "$PROBE_DEVICE" --report "$WORK/probes/$1.json"
+}
+probe "random-biomamba-$SIZE" "random:biomamba-$SIZE"
+for phase in 2 1; do
+  for recipe in $RECIPES; do
+    probe "$recipe-$SIZE-p$phase" "$WORK/pt/$recipe-$SIZE-p$phase/last"
+  done
+done
+
+"$PYTHON" recipes/collect_probes.py "$WORK" --name "$RESULTS_NAME"
