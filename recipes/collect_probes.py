@@ -114,7 +114,9 @@ def noise_line(result: dict) -> str:
 
 def markdown(result: dict) -> str:
     ps, m = result["probe_settings"], result["machine"]
-    settings = {json.dumps(r["settings"], sort_keys=True) for r in result["rows"] if r["settings"]}
+    # each distinct set of pre-training settings once, keys in SETTINGS order
+    settings = list(dict.fromkeys(", ".join(f"{k} {v}" for k, v in r["settings"].items())
+                                  for r in result["rows"] if r["settings"]))
     lines = ["# Pre-training recipes compared by linear probes", "",
              "Frozen encoders, one linear layer: " + ps["probe"] + ". Features: " + ps["features"] + ". "
              + f"Selection: {ps['selection']} (C from {ps['C_grid']}). Control: {ps['random']}.", "",
@@ -122,8 +124,7 @@ def markdown(result: dict) -> str:
              "phoebe (10 species, 100 clips), fitted on four folds and scored on the fifth "
              "(recipes/phoebe_folds.csv), mean over the folds. Every recording whole.", "",
              "Pre-training (from each run's args.json): "
-             + ("; ".join(", ".join(f"{k} {v}" for k, v in json.loads(s).items()) for s in sorted(settings))
-                or "-") + ".", "",
+             + ("; ".join(settings) or "-") + ".", "",
              f"Machine: {m['cpu']}, {m['cpu_count']} CPU cores, {m['torch_threads']} torch thread(s), "
              f"encoders on {m['device']} ({m['platform']}). Wall times move with the machine's load.", "",
              noise_line(result), "",
