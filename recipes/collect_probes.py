@@ -3,7 +3,7 @@
 Reads WORK/probes/*.json (`recipes/probe.py` reports; every checkpoint in them is a row),
 WORK/times.tsv (wall seconds of each step: ``pretrain-<run>``), and each run's args.json
 (WORK/pt/<run>/args.json: the pre-training settings that actually ran). A run is named
-``<recipe>-<size>-p<phase>`` (the script's layout); ``random:ARCH-PRESET`` is the control.
+``<recipe>-<size>-p<phase>`` (the script's layout); ``random:ARCH-PRESET[:SEED]`` is the control.
 
 Usage: python recipes/collect_probes.py WORK [--out recipes/results] [--name pretraining_probes]
 """
@@ -39,11 +39,25 @@ def read_times(work: Path) -> dict[str, int]:
 
 def run_name(entry: dict) -> str:
     """The run folder's name of a probed checkpoint (its last/ or best/ is the checkpoint), or the
-    random:ARCH-PRESET spelling of the control."""
+    random:ARCH-PRESET[:SEED] spelling of the control."""
     folder = Path(entry["checkpoint"])
     if entry["checkpoint"].startswith("random:"):
         return entry["checkpoint"]
     return folder.parent.name if folder.name in ("last", "best") else folder.name
+
+
+def random_label(name: str) -> str:
+    """random:biomamba-tiny:1 -> 'none (random init, seed 1)'."""
+    return f"none (random init, seed {name.split(':')[2] if name.count(':') == 2 else 0})"
+
+
+def probe_step(name: str) -> str:
+    """The name compare_pretraining.sh gives a run's probe step (random:biomamba-tiny:1 ->
+    random-biomamba-tiny-seed1)."""
+    if not name.startswith("random:"):
+        return name
+    spec, _, seed = name[len("random:"):].partition(":")
+    return f"random-{spec}-seed{seed or 0}"
 
 
 def row(work: Path, entry: dict, times: dict[str, int]) -> dict:
@@ -54,12 +68,12 @@ def row(work: Path, entry: dict, times: dict[str, int]) -> dict:
     tasks = entry["tasks"]
     return {
         "run": name,
-        "recipe": m["recipe"] if m else ("none (random init)" if name.startswith("random:") else name),
+        "recipe": m["recipe"] if m else (random_label(name) if name.startswith("random:") else name),
         "phase": int(m["phase"]) if m else None,
         "architecture": entry["architecture"], "preset": entry["preset"],
         "causal": CAUSAL.get(entry["architecture"], entry["architecture"]),
         "pretrain_wall_s": times.get(f"pretrain-{name}"),
-        "probe_wall_s": times.get(f"probe-{name.replace(':', '-')}"),
+        "probe_wall_s": times.get(f"probe-{probe_step(name)}"),
         "insectset32": {k: tasks["insectset32"].get(k) for k in ("last", "best_layer")} if "insectset32" in tasks else None,
         "phoebe": {k: tasks["phoebe"].get(k) for k in ("last", "best_layer")} if "phoebe" in tasks else None,
         "settings": {k: args[k] for k in SETTINGS if k in args},
@@ -108,7 +122,13 @@ def noise_line(result: dict) -> str:
         folds = len(result["tasks"]["phoebe"]["splits"])
         parts.append(f"phoebe: ± is the sample std (ddof 1) over the {folds} folds ({min(stds):.3f}-{max(stds):.3f}); "
                      f"one test clip is 1/{result['tasks']['phoebe']['n_valid'][0]} of a fold's accuracy")
-    parts.append("one pre-training seed per recipe, so seed-to-seed spread is not in these numbers")
+    controls = [r for r in result["rows"] if r["run"].startswith("random:")]
+    if len(controls) > 1:
+        spans = [f"{task} {min(v):.3f}-{max(v):.3f}" for task in ("insectset32", "phoebe")
+                 if (v := [r[task]["last"]["accuracy"] for r in controls if r[task]])]
+        parts.append(f"the {len(controls)} random controls (initialisation seeds only) span " + ", ".join(spans)
+                     + ": a recipe inside that span is not distinguished from a random encoder")
+    parts.append("one pre-training seed per recipe, so seed-to-seed spread of pre-training is not in these numbers")
     return "Noise: " + "; ".join(parts) + "."
 
 

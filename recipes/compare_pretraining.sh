@@ -5,7 +5,8 @@
 # every run with the same steps, batch, crop and seed, on the same audio as recipes/insectset32.sh's
 # pre-training (recipes/layout.py's pre-training list + InsectSet32's train split; labels unused,
 # the validation split never). Then recipes/probe.py probes every encoder (phase 2 and phase 1)
-# and a freshly initialised one (random:biomamba-$SIZE, the control every recipe must beat) on
+# and freshly initialised ones (random:biomamba-$SIZE:SEED for each of $CONTROL_SEEDS: the control
+# every recipe must beat, and how much the initialisation alone moves the scores) on
 # InsectSet32 (fitted on train, scored on validation) and the phoebe 5 folds, and
 # recipes/collect_probes.py writes recipes/results/$RESULTS_NAME.{json,md}.
 #
@@ -34,6 +35,7 @@ SIZE=${SIZE:-tiny}
 RECIPES=${RECIPES:-"causal bidirectional-teacher future delayed distill"}
 STEPS=${STEPS:-1000}
 BATCH=${BATCH:-8}
+CONTROL_SEEDS=${CONTROL_SEEDS:-"0 1 2"}
 RESULTS_NAME=${RESULTS_NAME:-pretraining_probes}
 # One thread: the development machine's 2 cores are shared. Use your core count on a free machine.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -64,7 +66,9 @@ probe() {
   timed "probe-$1" "$PYTHON" recipes/probe.py "$2" --insectset32 "$DATA" --phoebe "$WORK" \
       --device "$PROBE_DEVICE" --report "$WORK/probes/$1.json"
 }
-probe "random-biomamba-$SIZE" "random:biomamba-$SIZE"
+for seed in $CONTROL_SEEDS; do
+  probe "random-biomamba-$SIZE-seed$seed" "random:biomamba-$SIZE:$seed"
+done
 for phase in 2 1; do
   for recipe in $RECIPES; do
     probe "$recipe-$SIZE-p$phase" "$WORK/pt/$recipe-$SIZE-p$phase/last"

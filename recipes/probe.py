@@ -26,8 +26,9 @@ Tasks (any of them, in one call):
 
 CHECKPOINT: a checkpoint folder (config.json + model.safetensors) or a run folder (its best/, else
 last/); any architecture bmamba saves (a pre-training run's encoder and the bidirectional teacher
-included); or ``random:ARCH-PRESET`` (e.g. ``random:biomamba-tiny``), a freshly initialised encoder
-(torch seed 0): the control every pre-training must beat. Listings: BEANS classification CSVs
+included); or ``random:ARCH-PRESET[:SEED]`` (e.g. ``random:biomamba-tiny``), a freshly initialised
+encoder (torch seed SEED, default 0): the control every pre-training must beat; several seeds show
+how much the initialisation alone moves the scores. Listings: BEANS classification CSVs
 (path,label).
 """
 
@@ -94,18 +95,20 @@ def folds_task(folder: Path) -> list[Split]:
 
 
 def load_encoder(name: str):
-    """(model, description) of a checkpoint or run folder, or of ``random:ARCH-PRESET``."""
+    """(model, description) of a checkpoint or run folder, or of ``random:ARCH-PRESET[:SEED]``."""
     import torch
 
     from biomamba import loading
     from biomamba.presets import PRESETS
 
     if name.startswith(RANDOM):
-        arch, _, preset = name[len(RANDOM):].rpartition("-")
-        if arch not in loading.ARCHITECTURES or preset not in PRESETS:
-            raise SystemExit(f"probe: {name}: expected random:ARCH-PRESET with ARCH one of "
-                             f"{', '.join(loading.ARCHITECTURES)} and PRESET one of {', '.join(PRESETS)}")
-        torch.manual_seed(0)
+        spec, _, seed = name[len(RANDOM):].partition(":")
+        arch, _, preset = spec.rpartition("-")
+        if arch not in loading.ARCHITECTURES or preset not in PRESETS or not (seed or "0").isdigit():
+            raise SystemExit(f"probe: {name}: expected random:ARCH-PRESET[:SEED] with ARCH one of "
+                             f"{', '.join(loading.ARCHITECTURES)}, PRESET one of {', '.join(PRESETS)}, "
+                             "SEED a whole number")
+        torch.manual_seed(int(seed or 0))
         model = loading.ARCHITECTURES[arch].from_preset(preset, task="embed")
         return model.float().eval(), {"checkpoint": name, "pretraining": None}
     try:
@@ -229,8 +232,7 @@ def cpu_name() -> str:
 def machine(device: str) -> dict:
     import torch
 
-    cpu = cpu_name()
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+    return {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "device": device}
 
 
@@ -246,7 +248,7 @@ def probe_all(checkpoints: list[str], tasks: dict[str, list[Split]], device: str
             "C_grid": list(C_GRID),
             "selection": f"C, and the best layer, by {INNER_FOLDS}-fold stratified cross-validated accuracy "
                          "on the training rows only; ties go to the smaller C / the lower layer",
-            "random": "random:ARCH-PRESET is a freshly initialised encoder, torch seed 0",
+            "random": "random:ARCH-PRESET[:SEED] is a freshly initialised encoder, torch seed SEED (default 0)",
         },
         "machine": machine(device),
         "tasks": {name: {"splits": [s.name for s in splits], "n_train": [len(s.train) for s in splits],
@@ -275,7 +277,7 @@ def probe_all(checkpoints: list[str], tasks: dict[str, list[Split]], device: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="+", help="checkpoint or run folders, or random:ARCH-PRESET")
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint or run folders, or random:ARCH-PRESET[:SEED]")
     parser.add_argument("--train", type=Path, help="BEANS CSV the probe is fitted on (task `listing`)")
     parser.add_argument("--valid", type=Path, help="BEANS CSV the probe is scored on (task `listing`)")
     parser.add_argument("--insectset32", type=Path, help="InsectSet32's files.csv (train -> validation)")

@@ -129,6 +129,23 @@ def test_several_checkpoints_on_a_split_task_and_a_fold_task(tmp_path):
         assert pho["best_layer"]["per_split_accuracy"][pho["splits"].index(split)] == split["features"][best]["accuracy"]
 
 
+def test_a_random_control_is_the_fresh_model_of_its_seed():
+    import torch
+
+    from biomamba.model import BioMamba
+
+    probe = load_recipe("probe")
+    model, described = probe.load_encoder("random:biomamba-tiny:3")
+    torch.manual_seed(3)
+    expected = BioMamba.from_preset("tiny", task="embed").state_dict()
+    assert described == {"checkpoint": "random:biomamba-tiny:3", "pretraining": None}
+    assert model.state_dict().keys() == expected.keys()
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    other, _ = probe.load_encoder("random:biomamba-tiny")        # seed 0
+    assert not torch.equal(other.state_dict()["frontend.proj.weight"],
+                           expected["frontend.proj.weight"])
+
+
 def weak_classes(rng, n: int) -> tuple[np.ndarray, list[str]]:
     """Two overlapping Gaussian classes in 8 dimensions: the probe's C matters."""
     y = np.array(["a", "b"] * (n // 2))
@@ -188,6 +205,8 @@ def test_bad_input_is_named(tmp_path):
         probe.folds_task(tmp_path)
     with pytest.raises(SystemExit, match="random:nosuch-tiny: expected random:ARCH-PRESET"):
         probe.load_encoder("random:nosuch-tiny")
+    with pytest.raises(SystemExit, match="random:biomamba-tiny:x: expected"):
+        probe.load_encoder("random:biomamba-tiny:x")
     with pytest.raises(SystemExit, match=str(tmp_path / "nothing")):
         probe.load_encoder(str(tmp_path / "nothing"))
     (tmp_path / "bad.csv").write_text("file,species\nx.wav,a\n")
@@ -230,11 +249,14 @@ def test_collector_tables_a_fake_work_tree(tmp_path):
                          [0.3, 0.3, 0.3, 0.3, 0.3], 0.25)
     control = fake_entry("random:biomamba-tiny", "biomamba", (0.118, 0.091), (0.157, 1),
                          [0.4, 0.45, 0.35, 0.5, 0.25], 0.376)
+    control1 = fake_entry("random:biomamba-tiny:1", "biomamba", (0.196, 0.123), (0.275, 1),
+                          [0.2, 0.2, 0.2, 0.2, 0.2], 0.2)
     (work / "probes" / "causal-tiny-p2.json").write_text(json.dumps(fake_report({"a": causal})))
     (work / "probes" / "distill-tiny-p1.json").write_text(json.dumps(fake_report({"b": teacher})))
-    (work / "probes" / "random-biomamba-tiny.json").write_text(json.dumps(fake_report({"c": control})))
+    (work / "probes" / "random-biomamba-tiny.json").write_text(json.dumps(fake_report({"c": control, "d": control1})))
     (work / "times.tsv").write_text("pretrain-causal-tiny-p1\t100\npretrain-causal-tiny-p2\t321\n"
-                                    "pretrain-distill-tiny-p1\t222\nprobe-causal-tiny-p2\t40\n")
+                                    "pretrain-distill-tiny-p1\t222\nprobe-causal-tiny-p2\t40\n"
+                                    "probe-random-biomamba-tiny-seed1\t35\n")
     (pt / "causal-tiny-p2").mkdir(parents=True)
     (pt / "causal-tiny-p2" / "args.json").write_text(json.dumps({"steps": 1000, "batch_size": 8, "seed": 0,
                                                                  "recipe": "causal", "audio": ["x.wav"]}))
@@ -245,18 +267,22 @@ def test_collector_tables_a_fake_work_tree(tmp_path):
     md = (out / "probes.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| recipe")]
     assert table == [
-        "| none (random init) | - | biomamba tiny, causal | 0.118 | 0.091 | 0.157 (layer 1) | "
+        "| none (random init, seed 0) | - | biomamba tiny, causal | 0.118 | 0.091 | 0.157 (layer 1) | "
         f"0.390 ± {np.std([0.4, 0.45, 0.35, 0.5, 0.25], ddof=1):.3f} | 0.376 | "
         f"0.390 ± {np.std([0.4, 0.45, 0.35, 0.5, 0.25], ddof=1):.3f} (layer 1, 1, 1, 1, 1) | - |",
+        "| none (random init, seed 1) | - | biomamba tiny, causal | 0.196 | 0.123 | 0.275 (layer 1) | "
+        "0.200 ± 0.000 | 0.200 | 0.200 ± 0.000 (layer 1, 1, 1, 1, 1) | - |",
         "| causal | 2 | biomamba tiny, causal | 0.412 | 0.301 | 0.451 (layer 2) | "
         f"0.500 ± {np.std([0.5, 0.6, 0.4, 0.5, 0.5], ddof=1):.3f} | 0.456 | "
         f"0.500 ± {np.std([0.5, 0.6, 0.4, 0.5, 0.5], ddof=1):.3f} (layer 1, 1, 1, 1, 1) | 321 |",
         "| distill | 1 | biomamba-bidirectional tiny, not causal (the bidirectional teacher) | 0.333 | 0.222 | "
         "0.300 (layer 1) | 0.300 ± 0.000 | 0.250 | 0.300 ± 0.000 (layer 1, 1, 1, 1, 1) | 222 |",
     ]
-    se = [math.sqrt(p * (1 - p) / 51) for p in (0.118, 0.412, 0.333)]
+    se = [math.sqrt(p * (1 - p) / 51) for p in (0.118, 0.196, 0.412, 0.333)]
     assert f"is {min(se):.3f}-{max(se):.3f}" in md
+    assert "the 2 random controls (initialisation seeds only) span insectset32 0.118-0.196, phoebe 0.200-0.390" in md
     assert "CPU-X, 2 CPU cores" in md and "steps 1000, batch_size 8, seed 0" in md
     result = json.loads((out / "probes.json").read_text())
-    assert [r["run"] for r in result["rows"]] == ["random:biomamba-tiny", "causal-tiny-p2", "distill-tiny-p1"]
-    assert result["rows"][1]["probe_wall_s"] == 40
+    assert [r["run"] for r in result["rows"]] == ["random:biomamba-tiny", "random:biomamba-tiny:1", "causal-tiny-p2",
+                                                  "distill-tiny-p1"]
+    assert [r["probe_wall_s"] for r in result["rows"]] == [None, 35, 40, None]
