@@ -18,8 +18,10 @@
 # per encoder), WORK/logs/<step>.log and WORK/times.tsv (recipes/timed.sh). Re-running skips every
 # step already in WORK/times.tsv (delete its line to redo it).
 #
-# Note: phase 1 of bidirectional-teacher and distill is the bidirectional teacher, which sees the
-# future: its probe is a reference, not a causal encoder (the table names each architecture).
+# distill's phase 1 trains the bidirectional teacher exactly as bidirectional-teacher's does, so it
+# is run once, as WORK/pt/bidirectional-teacher-<size>-p1, and distill's phase 2 starts from it.
+# That teacher sees the future: its probe is a reference, not a causal encoder (the table names
+# each encoder's architecture).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,13 +54,16 @@ mapfile -t PT_AUDIO < <(cat "$WORK/pretrain_audio.txt"; "$PYTHON" -c 'import sys
 from biomamba.data import read_beans_csv
 print("\n".join(str(p) for p, _ in read_beans_csv(sys.argv[1], split="train")))' "$DATA")
 
+# phase1 RECIPE: the recipe whose phase-1 run RECIPE's phase 2 starts from
+phase1() { if [[ $1 == distill ]]; then echo bidirectional-teacher; else echo "$1"; fi; }
+
 COMMON=(--preset "$SIZE" --steps "$STEPS" --batch-size "$BATCH" --seed 0 --device "$DEVICE")
 for recipe in $RECIPES; do
-  run="$WORK/pt/$recipe-$SIZE"
-  timed "pretrain-$recipe-$SIZE-p1" $BMAMBA pretrain "${PT_AUDIO[@]}" "${COMMON[@]}" \
-      --recipe "$recipe" --phase 1 --out "$run-p1"
+  first=$(phase1 "$recipe")
+  timed "pretrain-$first-$SIZE-p1" $BMAMBA pretrain "${PT_AUDIO[@]}" "${COMMON[@]}" \
+      --recipe "$first" --phase 1 --out "$WORK/pt/$first-$SIZE-p1"
   timed "pretrain-$recipe-$SIZE-p2" $BMAMBA pretrain "${PT_AUDIO[@]}" "${COMMON[@]}" \
-      --recipe "$recipe" --phase 2 --init "$run-p1/last" --out "$run-p2"
+      --recipe "$recipe" --phase 2 --init "$WORK/pt/$first-$SIZE-p1/last" --out "$WORK/pt/$recipe-$SIZE-p2"
 done
 
 # probe NAME CHECKPOINT: one encoder on both tasks -> WORK/probes/NAME.json
@@ -69,10 +74,12 @@ probe() {
 for seed in $CONTROL_SEEDS; do
   probe "random-biomamba-$SIZE-seed$seed" "random:biomamba-$SIZE:$seed"
 done
-for phase in 2 1; do
-  for recipe in $RECIPES; do
-    probe "$recipe-$SIZE-p$phase" "$WORK/pt/$recipe-$SIZE-p$phase/last"
-  done
+for recipe in $RECIPES; do
+  probe "$recipe-$SIZE-p2" "$WORK/pt/$recipe-$SIZE-p2/last"
+done
+for recipe in $RECIPES; do      # a phase-1 run shared by two recipes is probed once (timed skips it)
+  first=$(phase1 "$recipe")
+  probe "$first-$SIZE-p1" "$WORK/pt/$first-$SIZE-p1/last"
 done
 
 "$PYTHON" recipes/collect_probes.py "$WORK" --name "$RESULTS_NAME"
