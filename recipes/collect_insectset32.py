@@ -80,6 +80,20 @@ def collect_run(work: Path, name: str, times: dict[str, int]) -> dict | None:
     }
 
 
+def pretraining_runs(work: Path, times: dict[str, int]) -> dict[str, dict]:
+    """Every pre-training run in WORK/pt: its recipe, phase, steps, batch, crop (args.json) and wall."""
+    out = {}
+    for run in sorted((work / "pt").glob("*-p[12]")):
+        args = read_json(run / "args.json")
+        if args is None:
+            continue
+        recipe = "hubert" if args.get("architecture") == "transformer" else args.get("recipe")
+        out[run.name] = {"recipe": recipe, "phase": args.get("phase"), "steps": args.get("steps"),
+                         "batch_size": args.get("batch_size"), "crop_s": args.get("crop_s"),
+                         "wall_s": times.get(f"pretrain-{run.name}")}
+    return out
+
+
 def summary(values: list[float]) -> dict:
     v = np.asarray(values, dtype=np.float64)
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None, "n": len(v)}
@@ -153,11 +167,18 @@ def markdown(result: dict) -> str:
                      f"{np.sqrt(g['accuracy']['mean'] * (1 - g['accuracy']['mean']) / g['runs'][0]['n_validation']):.3f} | "
                      f"{epochs} | "
                      f"{params} | {wall} | {speed} |")
+    if result["pretraining"]:
+        lines += ["", "Pre-training runs (on the unlabelled audio: recipes/layout.py's pre-training list plus the "
+                      "InsectSet32 train split, labels unused; each fine-tuned with its front end frozen):", ""]
+        lines += [f"- {name}: recipe {pt['recipe']}, phase {pt['phase']}, {pt['steps']} steps of batch "
+                  f"{pt['batch_size']} x {pt['crop_s']:g} s crops, {pt['wall_s'] if pt['wall_s'] is not None else '-'} s"
+                  for name, pt in result["pretraining"].items()]
     if result["unfinished"]:
         lines += ["", "Started but not finished (not in the table; best accuracy on the centred validation "
                       "crops so far):", ""]
-        lines += [f"- {u['name']}: {u['epochs_done']} of {u['epochs']} epochs, "
-                  f"best crop accuracy {u['best_crop_valid_accuracy']:.3f}" for u in result["unfinished"]]
+        lines += [f"- {u['name']}: {u['epochs_done']} of {u['epochs']} epochs"
+                  + (f", best crop accuracy {u['best_crop_valid_accuracy']:.3f}"
+                     if u["best_crop_valid_accuracy"] is not None else "") for u in result["unfinished"]]
     if result.get("not_run"):
         lines += ["", "Not run: " + result["not_run"]]
     return "\n".join(lines) + "\n"
@@ -186,7 +207,7 @@ def main() -> None:
         "conditions": group(runs),
         "unfinished": unfinished(args.work, {r["name"] for r in runs}),
         "not_run": args.not_run,
-        "pretraining_wall_s": {k[len("pretrain-"):]: v for k, v in times.items() if k.startswith("pretrain-")},
+        "pretraining": pretraining_runs(args.work, times),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
