@@ -9,15 +9,14 @@ Usage: python recipes/collect_cv.py WORK [--out recipes/results] [--name phoebe_
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import re
 from pathlib import Path
 
 import numpy as np
+from results_io import collector_arguments, read_times, write_results
 
-REPO = Path(__file__).resolve().parents[1]
 # table rows: condition -> (architecture, pre-training)
 CONDITIONS = {
     "biomamba-scratch": ("BioMamba", "none"),
@@ -29,12 +28,6 @@ CONDITIONS = {
 }
 
 
-def read_times(work: Path) -> dict[str, int]:
-    times = {}
-    for line in (work / "times.tsv").read_text().splitlines():
-        name, seconds = line.split("\t")
-        times[name] = int(seconds)
-    return times
 
 
 def fold_results(work: Path, name: str, times: dict[str, int]) -> list[dict]:
@@ -90,10 +83,7 @@ def markdown(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("work", type=Path)
-    parser.add_argument("--out", type=Path, default=REPO / "recipes" / "results")
-    parser.add_argument("--name", default="phoebe_cv", help="file stem of the written .json and .md")
+    parser = collector_arguments(__doc__.split("\n\n")[0], "phoebe_cv")
     args = parser.parse_args()
     times = read_times(args.work)
     conditions = {}
@@ -111,10 +101,7 @@ def main() -> None:
         "conditions": conditions,
         "pretraining_wall_s": {k[len("pretrain-"):]: v for k, v in times.items() if k.startswith("pretrain-")},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, args.name, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -11,15 +11,14 @@ Usage: python recipes/collect_insectset32.py WORK [--out recipes/results] [--nam
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import re
 from pathlib import Path
 
 import numpy as np
+from results_io import collector_arguments, read_json, read_times, write_results
 
-REPO = Path(__file__).resolve().parents[1]
 ARCHS = {"biomamba": "BioMamba", "transformer": "Transformer"}
 PRETRAINING = {"scratch": "none (front end trained too)", "hubert": "HuBERT, 2 phases",
                "causal": "causal (HuBERT, 2 phases)",
@@ -30,13 +29,8 @@ RUN = re.compile(r"^(?P<arch>[a-z]+)-(?P<size>[a-z]+)-(?P<pt>[a-z-]+)-seed(?P<se
 SETTINGS = ("preset", "epochs", "batch_size", "lr", "crop_s", "freeze_frontend", "pooling", "init")
 
 
-def read_times(work: Path) -> dict[str, int]:
-    lines = (work / "times.tsv").read_text().splitlines() if (work / "times.tsv").is_file() else []
-    return {name: int(s) for name, s in (line.split("\t") for line in lines)}
 
 
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def parameters(checkpoint: Path) -> int | None:
@@ -185,10 +179,7 @@ def markdown(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("work", type=Path)
-    parser.add_argument("--out", type=Path, default=REPO / "recipes" / "results")
-    parser.add_argument("--name", default="insectset32", help="file stem of the written .json and .md")
+    parser = collector_arguments(__doc__.split("\n\n")[0], "insectset32")
     parser.add_argument("--not-run", default="", help="a sentence on what of the full recipe did not run")
     args = parser.parse_args()
     times = read_times(args.work)
@@ -209,10 +200,7 @@ def main() -> None:
         "not_run": args.not_run,
         "pretraining": pretraining_runs(args.work, times),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, args.name, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ Usage: python recipes/collect_probes.py WORK [--out recipes/results] [--name pre
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from results_io import collector_arguments, read_json, read_times, write_results
+
 RUN = re.compile(r"^(?P<recipe>.+)-(?P<size>[a-z]+)-p(?P<phase>\d+)$")
 SETTINGS = ("preset", "steps", "batch_size", "crop_s", "min_crop_s", "seed", "lr", "clusters",
             "kmeans_fraction", "mask_prob", "mask_length", "feature_penalty", "future_frames", "delay")
@@ -24,17 +23,8 @@ CAUSAL = {"biomamba": "causal", "transformer": "not causal (attends both ways)",
           "biomamba-bidirectional": "not causal (the bidirectional teacher)"}
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"collect_probes: {path}: {e}") from None
 
 
-def read_times(work: Path) -> dict[str, int]:
-    path = work / "times.tsv"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return {name: int(s) for name, s in (line.split("\t") for line in lines if line.strip())}
 
 
 def run_name(entry: dict) -> str:
@@ -166,16 +156,10 @@ def markdown(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("work", type=Path)
-    parser.add_argument("--out", type=Path, default=REPO / "recipes" / "results")
-    parser.add_argument("--name", default="pretraining_probes", help="file stem of the written .json and .md")
+    parser = collector_arguments(__doc__.split("\n\n")[0], "pretraining_probes")
     args = parser.parse_args()
     result = collect(args.work)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, args.name, result, markdown(result))
 
 
 if __name__ == "__main__":

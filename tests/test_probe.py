@@ -20,6 +20,8 @@ SR = 16000
 
 
 def load_recipe(name: str):
+    if str(REPO / "recipes") not in sys.path:   # the collectors import their sibling results_io, as scripts do
+        sys.path.insert(0, str(REPO / "recipes"))
     spec = importlib.util.spec_from_file_location(name, REPO / "recipes" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
