@@ -372,7 +372,7 @@ def test_pretrain_phase1_through_cli_and_loads_as_biomamba(corpus, tmp_path):
 
 
 def test_default_recipe_is_the_bidirectional_teacher():
-    """The recipe that won the phoebe cross-validation (recipes/README.md), in the API and the CLI."""
+    """The default recipe (recipes/README.md: kept after the probe comparison), in the API and the CLI."""
     import typer
 
     command = typer.main.get_command(cli_app("pretrain")).commands["pretrain"]

@@ -39,7 +39,9 @@ encoder by ``recipes/compare_pretraining.sh``, evidence in ``recipes/results/pre
   (`biomamba.bidirectional.BidirectionalBioMamba`: every layer adds a forward and a time-reversed
   Mamba2, "ExtBiMamba");
   phase 2 clusters the teacher's layer and trains the causal student on those labels (by default
-  initialised from the teacher's forward branch and front end);
+  initialised from the teacher's forward branch and front end). It stays the default: in the
+  probe comparison every recipe beat a random encoder and none was told apart from the others
+  (this one had the best mean by 0.004, inside the noise; recipes/README.md);
 - ``distill``: phase 1 is the same teacher; phase 2 distils every teacher layer into the causal
   student on every frame (`objective.DistillModel`: DistilHuBERT's heads and L1 - log sigmoid(cos)
   loss), no k-means and no masking: the student learns what a model that saw both sides of the
