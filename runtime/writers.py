@@ -333,58 +333,57 @@ def write_combined(path: Path, fmt: str, tables: Iterable[tuple[Path, Path, floa
     """
     if fmt not in COMBINED_FORMATS:
         raise ValueError(f"no combined table for {fmt!r} (one of {', '.join(COMBINED_FORMATS)})")
-    path, temp, count = Path(path), None, 0
-    try:
-        temp, out = _create_temp(path)
-        with out:
-            out.write({"raven": "\t".join(RAVEN_COLUMNS) + "\n", "csv": _csv_line(CSV_COLUMNS),
-                       "json": '{\n "events": ['}[fmt])
-            offset = 0.0
-            for recording, table, duration_s in tables:
-                with open(table, encoding="utf-8", errors="surrogateescape", newline="") as file:
-                    if fmt == "raven":
-                        for row in _raven_rows(file):
-                            count += 1
-                            begin = float(row["Begin Time (s)"])
-                            row.update({"Selection": str(count),
-                                        "Begin Time (s)": _time(begin + offset),
-                                        "End Time (s)": _time(float(row["End Time (s)"]) + offset),
-                                        "File Offset (s)": _time(begin),
-                                        "Begin File": _text(Path(recording).name),
-                                        "Begin Path": _text(os.path.abspath(recording))})
-                            out.write("\t".join(row.get(c, "") for c in RAVEN_COLUMNS) + "\n")
-                    elif fmt == "csv":
-                        file.readline()   # the header
-                        for line in file:
-                            count += 1
-                            out.write(line)
-                    else:
-                        for e in json.load(file)["events"]:
-                            count += 1
-                            out.write(("\n  " if count == 1 else ",\n  ")
-                                      + json.dumps({"file": str(recording), **e}, ensure_ascii=False))
-                offset += float(duration_s)
-            if fmt == "json":
-                out.write(("\n ]" if count else "]") + "\n}\n")
-            _finish(out, temp, path)
-    except BaseException as error:
-        if temp is not None:
-            temp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
-        raise
-    _sync_folder(path.parent)
+    count = 0
+    with _atomic_output(Path(path)) as out:
+        out.write({"raven": "\t".join(RAVEN_COLUMNS) + "\n", "csv": _csv_line(CSV_COLUMNS),
+                   "json": '{\n "events": ['}[fmt])
+        offset = 0.0
+        for recording, table, duration_s in tables:
+            with open(table, encoding="utf-8", errors="surrogateescape", newline="") as file:
+                if fmt == "raven":
+                    for row in _raven_rows(file):
+                        count += 1
+                        begin = float(row["Begin Time (s)"])
+                        row.update({"Selection": str(count),
+                                    "Begin Time (s)": _time(begin + offset),
+                                    "End Time (s)": _time(float(row["End Time (s)"]) + offset),
+                                    "File Offset (s)": _time(begin),
+                                    "Begin File": _text(Path(recording).name),
+                                    "Begin Path": _text(os.path.abspath(recording))})
+                        out.write("\t".join(row.get(c, "") for c in RAVEN_COLUMNS) + "\n")
+                elif fmt == "csv":
+                    file.readline()   # the header
+                    for line in file:
+                        count += 1
+                        out.write(line)
+                else:
+                    for e in json.load(file)["events"]:
+                        count += 1
+                        out.write(("\n  " if count == 1 else ",\n  ")
+                                  + json.dumps({"file": str(recording), **e}, ensure_ascii=False))
+            offset += float(duration_s)
+        if fmt == "json":
+            out.write(("\n ]" if count else "]") + "\n}\n")
     return count
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Replaces path with text (UTF-8, line ends kept as given) so that readers and crashes see
-    either the old file or the whole new one: temp file in the same folder, fsync, os.replace."""
-    path, temp = Path(path), None
+    either the old file or the whole new one (`_atomic_output`)."""
+    with _atomic_output(Path(path)) as file:
+        file.write(text)
+
+
+@contextlib.contextmanager
+def _atomic_output(path: Path) -> Iterator:
+    """A text file (UTF-8) that replaces ``path`` when the block ends without error: a temp file
+    in the same folder, fsync, os.replace, then the folder synced. On any error the temp file is
+    removed, ``path`` is left as it was, and an OSError becomes an OutputError naming ``path``."""
+    temp = None
     try:
         temp, file = _create_temp(path)
         with file:
-            file.write(text)
+            yield file
             _finish(file, temp, path)
     except BaseException as error:
         if temp is not None:

@@ -30,3 +30,33 @@ def perturb_(model, scale: float = 0.05, seed: int = 0):
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * scale)
     return model
+
+
+def export_tiny(tmp_path_factory, task: str = "detect", classes=("frog", "bird", "insect")) -> Path:
+    """A tiny model with random (perturbed, seed 0) weights exported to ONNX; its export folder."""
+    import torch
+
+    from biomamba import BioMamba
+    from biomamba.export import export_model
+
+    torch.manual_seed(0)
+    model = perturb_(BioMamba.from_preset("tiny", task=task, classes=list(classes)), 0.2)
+    root = tmp_path_factory.mktemp(f"model-{task}")
+    model.save(root / "ckpt")
+    return Path(export_model(root / "ckpt", root / "export"))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """A tiny detection model (frog, bird, insect) with random weights, exported to ONNX."""
+    return export_tiny(tmp_path_factory)
+
+
+def detect(*args) -> tuple[int, str]:
+    """`bmamba detect ARGS...` in this process: (exit code, output)."""
+    from typer.testing import CliRunner
+
+    from biomamba.cli.app import app
+
+    result = CliRunner().invoke(app, ["detect", *map(str, args)])
+    return result.exit_code, result.output

@@ -15,31 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-from typer.testing import CliRunner
 
-from biomamba import BioMamba
-from biomamba.cli.app import app
-from conftest import perturb_
+from conftest import detect
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    """A tiny detection model with random (perturbed) weights, exported to ONNX."""
-    from biomamba.export import export_model
-
-    torch.manual_seed(0)
-    model = perturb_(BioMamba.from_preset("tiny", task="detect", classes=["frog", "bird", "insect"]), 0.2)
-    root = tmp_path_factory.mktemp("model")
-    model.save(root / "ckpt")
-    return Path(export_model(root / "ckpt", root / "export"))
-
-
-def detect(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["detect", *map(str, args)])
-    return result.exit_code, result.output
 
 
 def read_json(path: Path) -> dict:

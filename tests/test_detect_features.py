@@ -15,30 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from typer.testing import CliRunner
 
-from biomamba import BioMamba
 from biomamba.cli.app import app
-from conftest import perturb_
+from conftest import detect, export_tiny
 
 RAVEN = "bmamba.selection.table.txt"
-
-
-def _export(tmp_path_factory, task: str, classes: list[str]) -> Path:
-    from biomamba.export import export_model
-
-    torch.manual_seed(0)
-    model = perturb_(BioMamba.from_preset("tiny", task=task, classes=classes), 0.2)
-    root = tmp_path_factory.mktemp(f"model-{task}")
-    model.save(root / "ckpt")
-    return Path(export_model(root / "ckpt", root / "export"))
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    """A tiny detection model with random (perturbed) weights."""
-    return _export(tmp_path_factory, "detect", ["frog", "bird", "insect"])
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +28,7 @@ def with_background(tmp_path_factory) -> Path:
     """A tiny clip classifier with BirdNET-style `background` class (biomamba.data.layout)."""
     from biomamba.data.layout import BACKGROUND_CLASS
 
-    return _export(tmp_path_factory, "classify", ["frog", "bird", BACKGROUND_CLASS])
-
-
-def detect(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["detect", *map(str, args)])
-    return result.exit_code, result.output
+    return export_tiny(tmp_path_factory, "classify", ["frog", "bird", BACKGROUND_CLASS])
 
 
 def cli(*args) -> tuple[int, str]:

@@ -24,11 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-from typer.testing import CliRunner
 
-from biomamba import BioMamba
-from biomamba.cli.app import app
 from biomamba.runtime import journal as journal_module
 from biomamba.runtime import writers as writers_module
 from biomamba.runtime.backends import open_backend
@@ -36,27 +32,10 @@ from biomamba.runtime.detect import DetectConfig, Detector, run
 from biomamba.runtime.events import Event
 from biomamba.runtime.journal import Journal, JournalError
 from biomamba.runtime.manifest import read_manifest
-from conftest import perturb_
+from conftest import detect
 
 RAVEN = "bmamba.selection.table.txt"
 NOBODY = 65534
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    """A tiny detection model with random (perturbed) weights, exported to ONNX."""
-    from biomamba.export import export_model
-
-    torch.manual_seed(0)
-    model = perturb_(BioMamba.from_preset("tiny", task="detect", classes=["frog", "bird", "insect"]), 0.2)
-    root = tmp_path_factory.mktemp("model")
-    model.save(root / "ckpt")
-    return Path(export_model(root / "ckpt", root / "export"))
-
-
-def detect(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["detect", *map(str, args)])
-    return result.exit_code, result.output
 
 
 def noise(path: Path, seconds: float, seed: int, rate: int = 16000) -> Path:
