@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from ..audio import SAMPLE_RATE
 from ..checkpoint import load_weights
 from ..data import ClassificationDataset, collate_padded
 from ..loading import ARCHITECTURES, BEST, LAST, architecture, model_from_init
@@ -343,7 +344,7 @@ def train(cfg: TrainConfig) -> dict:
         state = fit(run, loop, model, optimizer, scheduler, train_set, collate_padded,
                        classification_loss if task == "classify" else detection_loss,
                        save, load, validate, train_mode,
-                       items_per_batch=lambda b: float(b["lengths"].sum()) / 16000.0)
+                       items_per_batch=lambda b: float(b["lengths"].sum()) / SAMPLE_RATE)
         return {"out": str(cfg.out), "last": str(cfg.out / LAST),
                 "best": str(cfg.out / BEST) if state.best_epoch else None,
                 "metric": metric, "best_metric": state.best_metric, "best_epoch": state.best_epoch,
