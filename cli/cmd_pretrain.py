@@ -22,14 +22,14 @@ def register(app: typer.Typer) -> None:
                                           help="Phase 2: train a fresh model on the new labels (HuBERT) "
                                                "instead of continuing from --init."),
         layer: int = typer.Option(None, help="Phase 2: the label layer, 1-based (default the middle one)."),
-        recipe: str = typer.Option("bidirectional-teacher",
-                                   help="bidirectional-teacher (phase 1 trains a bidirectional teacher, phase 2 "
-                                        "the causal student on its labels), distill (the same teacher; phase 2 "
-                                        "distils its layers into the causal student on every frame), causal "
-                                        "(the causal model in both phases), delayed (causal; a masked frame's "
-                                        "label is predicted --delay frames later), or future (causal, plus "
-                                        "heads predicting the next frames' labels). The Transformer baseline "
-                                        "ignores it (HuBERT's recipe)."),
+        recipe: str = typer.Option(None,
+                                   help="delayed (the default: causal; a masked frame's label is predicted "
+                                        "--delay frames later), causal (the causal model in both phases), "
+                                        "future (causal, plus heads predicting the next frames' labels), "
+                                        "bidirectional-teacher (phase 1 trains a bidirectional teacher, phase 2 "
+                                        "the causal student on its labels), or distill (the same teacher; "
+                                        "phase 2 distils its layers into the causal student on every frame). "
+                                        "The Transformer baseline takes HuBERT's recipe (leave it out)."),
         architecture: str = typer.Option("biomamba", help="biomamba, or transformer (the baseline, with HuBERT's "
                                                           "recipe as is)."),
         future_frames: int = typer.Option(None, help="Heads predicting labels of frames t+1..t+K (default 4 for "

@@ -41,7 +41,7 @@ BATCH=${BATCH:-16}
 LR=${LR:-1e-3}
 CROP=${CROP:-5s}
 # pre-training (BioMamba recipes; the Transformer gets HuBERT's): empty RECIPES skips it
-RECIPES=${RECIPES-"bidirectional-teacher"}     # RECIPES= (set, empty) runs none
+RECIPES=${RECIPES-"delayed"}     # the default recipe; RECIPES= (set, empty) runs none
 PT_STEPS=${PT_STEPS:-2000}
 PT_BATCH=${PT_BATCH:-8}
 RESULTS_NAME=${RESULTS_NAME:-insectset32}

@@ -371,13 +371,14 @@ def test_pretrain_phase1_through_cli_and_loads_as_biomamba(corpus, tmp_path):
     assert log[0]["train_masked_loss"] > log[-1]["train_masked_loss"]   # 12 steps over 3 epochs
 
 
-def test_default_recipe_is_the_bidirectional_teacher():
-    """The default recipe (recipes/README.md: kept after the probe comparison), in the API and the CLI."""
+def test_default_recipe_is_delayed_for_biomamba():
+    """No --recipe (API and CLI alike) means the delayed recipe for BioMamba (recipes/README.md:
+    the probe comparison) and HuBERT's for the Transformer (test below)."""
     import typer
 
     command = typer.main.get_command(cli_app("pretrain")).commands["pretrain"]
     cli_default = next(p.default for p in command.params if p.name == "recipe")
-    assert PretrainConfig.__dataclass_fields__["recipe"].default == cli_default == "bidirectional-teacher"
+    assert PretrainConfig.__dataclass_fields__["recipe"].default is None and cli_default is None
 
 
 def test_bidirectional_teacher_recipe(corpus, tmp_path):
@@ -415,8 +416,8 @@ def test_future_recipe_adds_heads(corpus, tmp_path):
     assert result["final"]["train_future_loss"] > 0
 
 
-def test_delayed_recipe_records_its_delay(corpus, tmp_path):
-    result = pretrain(tiny_pretrain(corpus, tmp_path / "d", recipe="delayed", kmeans_fraction=1.0))
+def test_default_recipe_runs_delayed_and_records_its_delay(corpus, tmp_path):
+    result = pretrain(tiny_pretrain(corpus, tmp_path / "d", recipe=None, kmeans_fraction=1.0))
     config = json.loads((tmp_path / "d" / LAST / "config.json").read_text())
     assert config["pretraining"]["delay"] == 10 and config["pretraining"]["recipe"] == "delayed"
     assert result["final"]["train_masked_loss"] > 0
