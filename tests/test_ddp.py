@@ -103,5 +103,7 @@ def test_torchrun_pretrain_shares_labels_and_matches_single_process_labels(tmp_p
         b = np.load(tmp_path / "single" / "labels" / "mfcc-k4" / f"{i:06d}.npy")
         assert np.array_equal(a, b)
     assert single["clusters"] == 4
-    teacher = load_model(tmp_path / "ddp" / "last")   # the default recipe's phase 1 trains the teacher
-    assert teacher.architecture == "biomamba-bidirectional" and teacher.task == "embed"
+    encoder = load_model(tmp_path / "ddp" / "last")   # the default recipe (delayed) trains the causal model
+    assert encoder.architecture == "biomamba" and encoder.task == "embed"
+    pretraining = json.loads((tmp_path / "ddp" / "last" / "config.json").read_text())["pretraining"]
+    assert (pretraining["recipe"], pretraining["delay"]) == ("delayed", 10)
