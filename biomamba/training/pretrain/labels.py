@@ -92,8 +92,17 @@ def mfcc_features(path: str | Path, block_s: float = 30.0) -> Iterator[np.ndarra
         held, n_context = held[keep:], min(4, n_context + ready)
 
 
+def rms_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """[..., D] over its root mean square on D, in x's dtype (math in at least float32). The
+    normalisation of layer features: phase-2 label features here, distillation targets in
+    `objective.DistillModel`."""
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 def _rms_normalise(x: np.ndarray) -> np.ndarray:
-    return (x / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True) + 1e-6)).astype(np.float32)
+    """`rms_normalise` of a numpy block [n, D], in float64, returned as float32."""
+    return rms_normalise(torch.from_numpy(np.asarray(x, dtype=np.float64))).float().numpy()
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from torch import nn
 
 from ...model import AudioModel
 from .data import IGNORE
+from .labels import rms_normalise
 
 
 def mask_span_starts(n_valid: int, mask_prob: float, mask_length: int, min_masks: int,
@@ -88,7 +89,15 @@ def student_frames(encoder: AudioModel, audio: torch.Tensor, frame_lengths: torc
     return frontend.project(features), valid, penalty
 
 
-class PretrainModel(nn.Module):
+class EncoderWithHeads(nn.Module):
+    """An ``encoder`` being pre-trained plus heads that exist only for pre-training; a run saves
+    the encoder as a checkpoint and the rest (`heads_state_dict`) beside it."""
+
+    def heads_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+
+
+class PretrainModel(EncoderWithHeads):
     """The encoder being pre-trained plus HuBERT's heads.
 
     forward(audio [B, 80 + 320 T] (with the 80 samples of left context), frame_lengths [B],
@@ -114,9 +123,6 @@ class PretrainModel(nn.Module):
         self.temperature, self.feature_penalty = temperature, feature_penalty
         self.cnn_grad_scale, self.future_weight, self.delay = cnn_grad_scale, future_weight, delay
 
-    def heads_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
-
     def forward(self, audio: torch.Tensor, frame_lengths: torch.Tensor, labels: torch.Tensor,
                 mask: torch.Tensor) -> dict[str, torch.Tensor]:
         frames, valid, penalty = student_frames(self.encoder, audio, frame_lengths, self.cnn_grad_scale)
@@ -138,11 +144,6 @@ class PretrainModel(nn.Module):
                 "penalty": penalty.detach(), "masked_acc": correct.float() / max(n, 1)}
 
 
-def rms_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """[..., D] -> the same over its root mean square on D (the label features' normalisation)."""
-    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
-
-
 def distill_loss(predicted: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """DistilHuBERT's loss of one head, over the valid frames: mean |predicted - target| minus
     log sigmoid(cosine(predicted, target)). predicted, target [B, T, D], valid [B, T] bool.
@@ -156,7 +157,7 @@ def distill_loss(predicted: torch.Tensor, target: torch.Tensor, valid: torch.Ten
     return l1 - F.logsigmoid(cosine).mean(), l1.detach(), cosine.mean().detach()
 
 
-class DistillModel(nn.Module):
+class DistillModel(EncoderWithHeads):
     """The ``distill`` recipe's phase 2: a causal student learns, on every frame, the layers of a
     frozen teacher that saw the whole crop (DistilHuBERT, Chang et al. 2022: one linear head per
     teacher layer on the student's last hidden state, L1 - log sigmoid(cosine), weight 1 each).
@@ -176,9 +177,6 @@ class DistillModel(nn.Module):
         d, d_teacher = encoder.config.d_model, teacher.config.d_model
         self.heads = nn.ModuleList(nn.Linear(d, d_teacher) for _ in range(len(teacher.layers)))
         self.cnn_grad_scale, self.feature_penalty = cnn_grad_scale, feature_penalty
-
-    def heads_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
 
     def forward(self, audio: torch.Tensor, frame_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         teacher = self._teacher[0]

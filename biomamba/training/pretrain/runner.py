@@ -136,10 +136,6 @@ def _phase1_model(cfg: PretrainConfig, device: torch.device) -> AudioModel:
     return load_model_from(source, device).eval().requires_grad_(False)
 
 
-def _model_name(model: AudioModel) -> str:
-    return f"{model.architecture}-{_weights_digest(model)}"
-
-
 def _label_source(cfg: PretrainConfig, device: torch.device):
     """(name, features(path) callable, label layer or None) for the phase."""
     if cfg.phase == 1:
@@ -236,7 +232,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         frames = [max(1, int(d * SAMPLE_RATE) // HOP) for d in durations]
         if _distilling(cfg):   # targets come from the teacher on the fly: no k-means
             teacher = _phase1_model(cfg, device)
-            name, layer, labels_dir, label_files = f"distill-{_model_name(teacher)}", None, None, None
+            name, layer, labels_dir, label_files = f"distill-{teacher.architecture}-{_weights_digest(teacher)}", None, None, None
         else:
             name, features, layer = _label_source(cfg, device)
             labels_dir = cfg.out / "labels" / f"{name}-k{k}"
@@ -299,7 +295,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                              what="pretrain")
         echo(dist, f"bmamba pretrain: phase {cfg.phase}, recipe {recipe}, {type(encoder).__name__} "
                       f"{encoder.num_parameters():,} parameters, {len(files)} recordings, {len(dataset)} crops "
-                      f"of {cfg.crop_s:g} s, {f'{k} clusters' if k else 'targets ' + name}, {cfg.steps} steps, {device}, amp {amp_name(run.amp)}")
+                      f"of {cfg.crop_s:g} s, {f'{k} clusters' if k else 'teacher layers as targets'}, {cfg.steps} steps, {device}, amp {amp_name(run.amp)}")
         state = fit(run, loop, model, optimizer, scheduler, dataset, collate_pretrain, loss_fn, save, load,
                        items_per_batch=lambda b: float(b["frame_lengths"].sum()) * HOP / SAMPLE_RATE)
         return {**result, "last": str(cfg.out / LAST), "steps": state.global_step,
