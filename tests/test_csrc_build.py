@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cuda_emu.harness import oracle_recurrent as oracle
+from cuda_emu.harness import random_inputs, rel_err
 
-from biomamba.ssd import ssd_chunked, ssd_recurrent, ssd_step
+from biomamba.ssd import ssd_chunked, ssd_step
 
 REPO = Path(__file__).resolve().parents[1]
 CSRC = REPO / "runtime" / "csrc"
@@ -83,34 +85,6 @@ def scan_twin(lib, x, dt, A, B, C, D, dt_bias, state=None, n_segments=0, final=N
         batch, length, heads, headdim, groups, nstate, n_segments,
     )
     return y, final, code
-
-
-def random_inputs(rng, batch, length, heads, headdim, groups, nstate, with_state=True, slow=True):
-    """Inputs of the op, float32. slow: decays near 1 so the state carries over hundreds of steps
-    (segment boundaries and carried states matter); else fast decays as after training."""
-    f32 = np.float32
-    x = rng.standard_normal((batch, length, heads, headdim)).astype(f32)
-    dt = (rng.standard_normal((batch, length, heads)) - (4.0 if slow else 0.0)).astype(f32)
-    A = (-rng.uniform(0.01, 0.5, heads) if slow else -np.exp(rng.uniform(0, 2.7, heads))).astype(f32)
-    B = rng.standard_normal((batch, length, groups, nstate)).astype(f32)
-    C = rng.standard_normal((batch, length, groups, nstate)).astype(f32)
-    D = rng.standard_normal(heads).astype(f32)
-    dt_bias = rng.standard_normal(heads).astype(f32)
-    dt[..., 0] += 25.0 if length and heads else 0.0  # one head past softplus's threshold (20)
-    state = (3 * rng.standard_normal((batch, heads, headdim, nstate))).astype(f32) if with_state else None
-    return x, dt, A, B, C, D, dt_bias, state
-
-
-def oracle(x, dt, A, B, C, D, dt_bias, state=None):
-    """ssd_recurrent in float64 on the (float32-representable) inputs."""
-    args = [None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64))
-            for a in (x, dt, A, B, C, D, dt_bias, state)]
-    y, final = ssd_recurrent(*args)
-    return y.numpy(), final.numpy()
-
-
-def rel_err(got, ref) -> float:
-    return float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
 
 
 # (batch, T, H, P, G, N): every P and N the presets use, odd sizes, T = 1, several groups.
