@@ -45,6 +45,8 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(1e-4, help="Learning rate (Adam)."),
         weight_decay: float = typer.Option(0.0, help="Weight decay of the weight matrices."),
         warmup_steps: int = typer.Option(0, help="Linear learning-rate warm-up steps."),
+        lr_schedule: str = typer.Option("constant", help="After warm-up: constant, or linear (decay to 0 "
+                                                         "at the last step of --epochs / --max-steps)."),
         grad_clip: float = typer.Option(10.0, help="Gradient norm clip (0: none)."),
         crop: str = typer.Option("5s", help="Classify: training clips are random crops of this length "
                                             "(validation: the centred crop); 'none' for whole clips."),
@@ -100,7 +102,8 @@ def register(app: typer.Typer) -> None:
                               valid_split=valid_split, preset=preset,
                               architecture=architecture, init=init, freeze_frontend=freeze_frontend,
                               pooling=pooling, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
-                              weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip or None,
+                              weight_decay=weight_decay, warmup_steps=warmup_steps,
+                              lr_schedule=lr_schedule, grad_clip=grad_clip or None,
                               crop_s=crop_s, window_s=parse_duration(window), hop_s=parse_duration(hop),
                               unknown_label=unknown_label, label_column=label_column, gain_db=gain_db,
                               backgrounds=tuple(backgrounds), background_snr_db=snr_db,

@@ -39,6 +39,7 @@ ARCHS=${ARCHS:-"biomamba transformer"}
 EPOCHS=${EPOCHS:-60}
 BATCH=${BATCH:-16}
 LR=${LR:-1e-3}
+LR_SCHEDULE=${LR_SCHEDULE:-constant}   # or linear: decay to 0 over the run
 CROP=${CROP:-5s}
 # pre-training (BioMamba recipes; the Transformer gets HuBERT's): empty RECIPES skips it
 RECIPES=${RECIPES-"delayed"}     # the default recipe; RECIPES= (set, empty) runs none
@@ -66,7 +67,7 @@ finetune() {
   local name=$1 seed=$2; shift 2
   local run="$WORK/ft/$name/seed$seed"
   timed "train-$name-seed$seed" $BMAMBA train "$DATA" --split train --valid-split validation \
-      --epochs "$EPOCHS" --batch-size "$BATCH" --lr "$LR" --crop "$CROP" --seed "$seed" \
+      --epochs "$EPOCHS" --batch-size "$BATCH" --lr "$LR" --lr-schedule "$LR_SCHEDULE" --crop "$CROP" --seed "$seed" \
       --device "$DEVICE" --out "$run" "$@"
   timed "eval-$name-seed$seed" $BMAMBA eval "$run/best" "$DATA" --split validation --device "$DEVICE" \
       --report "$WORK/eval/$name-seed$seed.json"

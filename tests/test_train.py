@@ -14,12 +14,14 @@ import soundfile as sf
 import torch
 import typer
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader, DistributedSampler
 from typer.testing import CliRunner
 
 from biomamba import BioMamba
 from biomamba.checkpoint import CheckpointError
 from biomamba.loading import LAST, model_from_init
 from biomamba.training import train as train_module
+from biomamba.training.loop import optimizer_steps
 from biomamba.training.runs import TrainingError, TrainingInterrupted
 from biomamba.training.train import (
     TrainConfig,
@@ -187,6 +189,34 @@ def test_frontend_frozen_by_default(tmp_path):
     assert conv and all(torch.equal(frozen[k], initial[k]) for k in conv)
     assert any(not torch.equal(moving[k], initial[k]) for k in conv)
     assert not torch.equal(frozen["frontend.proj.weight"], initial["frontend.proj.weight"])  # projection trains
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_linear_schedule_decays_to_zero_at_the_last_step(tmp_path, accumulate):
+    data = make_class_folder(tmp_path / "data", per_class=4)   # 8 clips: 3 batches of 3, a short last group
+    log = log_lines(Path(train(tiny_config(data, tmp_path / "run", epochs=3, batch_size=3, valid_fraction=0,
+                                      accumulate=accumulate, warmup_steps=1, lr_schedule="linear"))["out"]))
+    total = log[-1]["step"]               # the steps fit actually took, not the planned count
+    assert total == 3 * (2 if accumulate == 2 else 3)
+    for entry in log:                     # fairseq's linear decay after warm-up, reaching 0 at the end
+        assert entry["lr"] == pytest.approx(3e-3 * (total - entry["step"]) / (total - 1), abs=1e-12)
+    assert log[-1]["lr"] == 0.0
+    flat = log_lines(Path(train(tiny_config(data, tmp_path / "flat", epochs=2, valid_fraction=0))["out"]))
+    assert [e["lr"] for e in flat] == [3e-3, 3e-3]   # the default stays constant
+    with pytest.raises(ValueError, match="--lr-schedule"):
+        train(tiny_config(data, tmp_path / "bad", lr_schedule="cosine"))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_optimizer_steps_counts_what_each_rank_loads(seed):
+    rng = np.random.default_rng(seed)
+    items, batch, world, accumulate, epochs = (int(v) for v in rng.integers(1, [60, 9, 5, 4, 4]))
+    per_rank = [len(DataLoader(range(items), batch_size=batch, sampler=DistributedSampler(
+        range(items), num_replicas=world, rank=r, shuffle=True, seed=seed))) for r in range(world)]
+    assert len(set(per_rank)) == 1                       # every rank steps together
+    steps = epochs * -(-per_rank[0] // accumulate)       # a short last group still steps
+    assert optimizer_steps(items, batch, world, accumulate, epochs) == steps
+    assert optimizer_steps(items, batch, world, accumulate, epochs, max_steps=2) == min(steps, 2)
 
 
 # --------------------------------------------------------------------------- resume

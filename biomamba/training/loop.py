@@ -105,6 +105,16 @@ class WarmupDecay:
         return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
 
 
+def optimizer_steps(items: int, batch_size: int, world_size: int, accumulate: int, epochs: int,
+                    max_steps: int | None = None) -> int:
+    """Optimizer steps `fit` takes over a run: each rank gets ceil(items / world_size) items an
+    epoch (DistributedSampler pads), in batches of ``batch_size``, ``accumulate`` batches a step
+    (a short last group still steps); at most ``max_steps``."""
+    batches = math.ceil(math.ceil(items / world_size) / batch_size)
+    total = epochs * math.ceil(batches / accumulate)
+    return total if max_steps is None else min(total, max_steps)
+
+
 # --------------------------------------------------------------------------- progress
 
 

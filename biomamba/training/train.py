@@ -67,14 +67,17 @@ from .loop import (
     WarmupDecay,
     default_workers,
     fit,
+    optimizer_steps,
     parameter_groups,
     seed_everything,
 )
 from .runs import check_choice, prepare_out
 
+LR_SCHEDULES = ("constant", "linear")
 # args.json keys that must not change when a run is resumed
 RESUME_KEYS = ("data", "task", "preset", "architecture", "batch_size", "seed", "crop_s", "window_s",
-               "hop_s", "valid", "valid_fraction", "pooling", "freeze_frontend", "split", "valid_split")
+               "hop_s", "valid", "valid_fraction", "pooling", "freeze_frontend", "split", "valid_split",
+               "lr_schedule")
 
 
 @dataclass
@@ -99,6 +102,7 @@ class TrainConfig:
     lr: float = 1e-4                     # BEANS picks from {1e-5, 5e-5, 1e-4} on validation
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_schedule: str = "constant"        # or "linear": decay to 0 at the run's last step
     grad_clip: float | None = 10.0
     crop_s: float | None = 5.0
     window_s: float = 2.0                # BEANS dcase / enabirds
@@ -273,6 +277,7 @@ def check_options(cfg: TrainConfig) -> None:
     check_choice("--pooling", cfg.pooling, ("mean", "attention"))
     check_choice("--amp", cfg.amp, AMP_CHOICES)
     check_choice("--preset", cfg.preset, tuple(PRESETS))
+    check_choice("--lr-schedule", cfg.lr_schedule, LR_SCHEDULES)
     if cfg.accumulate < 1 or cfg.max_skipped_steps < 0:
         raise ValueError("--accumulate must be >= 1 and --max-skipped-steps >= 0")
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
@@ -303,7 +308,11 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.freeze_frontend:
             freeze_frontend(model)
         optimizer = torch.optim.Adam(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupDecay(cfg.warmup_steps, None))
+        total = None
+        if cfg.lr_schedule == "linear":
+            total = optimizer_steps(len(train_set), cfg.batch_size, dist.world_size, cfg.accumulate,
+                                    cfg.epochs, cfg.max_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupDecay(cfg.warmup_steps, total))
         metric = "accuracy" if task == "classify" else "map"
         training_info = {"task": task, "data": str(cfg.data), "crop_s": cfg.crop_s, "window_s": cfg.window_s,
                          "hop_s": cfg.hop_s, "unknown_label": cfg.unknown_label, "seed": cfg.seed}
