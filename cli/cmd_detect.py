@@ -18,6 +18,7 @@ from .common import fail
 def register(app: typer.Typer) -> None:
     @app.command()
     def detect(
+        ctx: typer.Context,
         inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="Recordings, folders or globs."),
         model: Path = typer.Option(None, help="Exported model folder (default: the model shipped with bmamba)."),
         chunk: str = typer.Option("30s", help="Audio per model call: 30s, 2m, or plain seconds."),
@@ -128,6 +129,14 @@ def register(app: typer.Typer) -> None:
                 out.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 fail(f"--out {out}: cannot create the folder ({e.strerror})", usage=True)
+        home = out or journal_folder(outputs.values())   # the journal's and the combined tables' folder
+        journal_path = (journal or home / JOURNAL_NAME) if resume else None
+        written_to = [o.parent for o in outputs.values()]
+        if out is not None or combine:
+            written_to.append(home)
+        if journal_path is not None:
+            written_to.append(journal_path.parent)
+        _lock_folders(ctx, out, written_to)   # before the sweep of temporary files and the journal
 
         try:
             manifest, folder, name = describe_model(model, backend)
@@ -153,9 +162,8 @@ def register(app: typer.Typer) -> None:
         if resume:
             from biomamba.runtime.detect import journal_settings
 
-            path = journal or (out or journal_folder(outputs.values())) / JOURNAL_NAME
             try:
-                journal_obj = Journal(path, journal_settings(manifest, config))
+                journal_obj = Journal(journal_path, journal_settings(manifest, config))
             except JournalError as e:
                 fail(str(e), usage=True)
         removed = remove_stale_temps(sibling_path(o, fmts[0], f) for o in outputs.values() for f in fmts)
@@ -186,8 +194,7 @@ def register(app: typer.Typer) -> None:
             typer.secho(f"bmamba: error: {summary.aborted}", err=True, fg=typer.colors.RED)
         done = [(r.path, r.output, r.audio_s) for r in summary.results if r.status in ("ok", "skipped")]
         result["classes"] = _class_summary(done, config.fmt)
-        result["combined"] = _combine(done, config.formats, out or journal_folder(outputs.values())) \
-            if combine else {}
+        result["combined"] = _combine(done, config.formats, home) if combine else {}
         _print_summary(result)
         _print_classes(result["classes"], len(done))
         _write_report(report, result)
@@ -195,6 +202,22 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(128 + stopped.signum)
         combine_failed = combine and len(result["combined"]) < len(set(fmts) & set(COMBINED_FORMATS))
         raise typer.Exit(1 if result["failed"] or summary.aborted or combine_failed else 0)
+
+
+def _lock_folders(ctx: typer.Context, out: Path | None, folders: list[Path]) -> None:
+    """`FolderLocks` on the folders the run writes to, held until the command ends (the context
+    releases them when it closes, also on an error or Ctrl-C), so that no other `bmamba detect`
+    writes into them or sweeps their temporary files meanwhile. One holds one of them already: bad
+    usage, said at once."""
+    from biomamba.runtime.folder_lock import FolderBusy, FolderLocks
+
+    try:
+        ctx.with_resource(FolderLocks(folders))
+    except FolderBusy as e:
+        mine = out is not None and os.path.realpath(e.folder) == os.path.realpath(out)
+        fail(f"{'--out ' if mine else ''}{e.folder}: another bmamba detect ({e.holder}) is writing there; "
+             f"wait for it or {'choose another' if out is not None else 'give this run its own'} --out",
+             usage=True)
 
 
 def _parse_thresholds(values: list[str] | None) -> tuple[float | None, dict[str, float]]:
@@ -451,6 +474,6 @@ def _print_summary(r: dict) -> None:
     typer.echo("bmamba detect: " + ", ".join(parts), err=True)
     if r["parity"]:
         p = r["parity"]
-        typer.echo(f"parity vs PyTorch: max |dp| = {p['max_abs_diff']:.2e} over {p['frames']} frames, "
+        typer.echo(f"parity vs PyTorch: max |dp| = {p['max_abs_diff']:.2e} over {p['frames']} {p['unit']}, "
                    f"event F1 = {p['event_f1']:.3f} ({p['events_backend']} vs {p['events_torch']} events)",
                    err=True)

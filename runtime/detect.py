@@ -98,8 +98,11 @@ class DetectConfig:
 
 @dataclass
 class ParityCounts:
-    """PyTorch-vs-backend agreement accumulated over files."""
+    """PyTorch-vs-backend agreement accumulated over files. ``frames`` counts the rows of
+    probabilities compared, which are ``unit``: 20 ms frames, or windows for a clip classifier
+    (the report keeps the key "frames" for both)."""
 
+    unit: str = "frames"
     max_abs_diff: float = 0.0
     frames: int = 0
     tp: int = 0
@@ -117,7 +120,7 @@ class ParityCounts:
             f1 = 1.0  # both found nothing: full agreement
         else:
             f1 = float(prf_from_counts(self.tp, self.fp, self.fn)["f1"])
-        return {"max_abs_diff": self.max_abs_diff, "frames": self.frames, "event_f1": f1,
+        return {"max_abs_diff": self.max_abs_diff, "frames": self.frames, "unit": self.unit, "event_f1": f1,
                 "events_backend": self.tp + self.fp, "events_torch": self.tp + self.fn,
                 "onset_tolerance_s": PARITY_ONSET_TOLERANCE_S}
 
@@ -224,7 +227,8 @@ class Detector:
         for i, c in enumerate(self.classes):
             self.thresholds[i] = config.class_thresholds.get(c, self.thresholds[i])
         self.reported = reported_classes(self.classes, config.classes)
-        self.parity = ParityCounts() if reference is not None else None
+        unit = "windows" if manifest.task == "classify" else "frames"   # what `Scorer` gives
+        self.parity = ParityCounts(unit) if reference is not None else None
         self.stop = threading.Event()   # set (by a signal handler) to end the current recording
         Scorer(manifest.task, config.window_s)   # fails early for an embedding model
 

@@ -58,6 +58,7 @@ def test_parity_against_pytorch(exported, real_data, tmp_path):
 
     frames = -(-len(read_audio(real_data / "maad/data/spinetail.wav")) // 320)
     assert parity["max_abs_diff"] <= 1e-4 and parity["event_f1"] == 1.0 and parity["frames"] == frames
+    assert parity["unit"] == "frames" and f"over {frames} frames," in text, text
 
 
 def make_bad_files(folder: Path) -> dict[str, str]:
