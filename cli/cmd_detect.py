@@ -58,8 +58,10 @@ def register(app: typer.Typer) -> None:
         happens. Starts with one line naming the model and its classes (and whether it is a
         demonstration model); ends with events per class. Raven tables: Score is the event's largest
         frame probability. SIGINT/SIGTERM: the current recording's output is dropped, the journal
-        and the summary (and --report) are written. Exit status: 0 all processed, 1 some failed
-        (or the model cannot be used), 2 bad usage, 130/143 stopped by SIGINT/SIGTERM.
+        and the summary (and --report) are written. One run at a time per output folder: a second
+        one stops at once. Exit status: 0 all processed, 1 some failed (or the model cannot be
+        used), 2 bad usage (or another run is writing into an output folder), 130/143 stopped by
+        SIGINT/SIGTERM.
         """
         from biomamba.audio import find_audio_with_roots
         from biomamba.runtime.backends import BACKENDS, BackendError, open_backend

@@ -12,8 +12,10 @@ nothing). The lock file is removed when the run ends (while still locked, so no 
 a lock on a file the next one cannot find: a run whose lock file was removed under it starts
 again with the new one). Folders are locked in sorted order. A folder where the lock file cannot
 be made (read-only, missing, a file system without locks) is not locked: the run goes on as
-before, and writing there reports its own error. Windows: not locked (``msvcrt.locking`` would
-do, but it is not tested here).
+before, and writing there reports its own error. Each lock keeps its file open: the soft limit of
+open files is raised (up to the hard one) for a run over thousands of folders, and folders past
+what it allows are not locked rather than leaving the run no files to open. Windows: not locked
+(``msvcrt.locking`` would do, but it is not tested here).
 
 Torch-free: the standard library only.
 """
@@ -35,7 +37,8 @@ _SPARE_FILES = 512   # open files left for the run itself (recordings, model, li
 
 
 class FolderBusy(Exception):
-    """Another process holds the lock of ``folder``; ``holder`` says who ("pid 1234, started ...")."""
+    """Someone else (another process, or another `FolderLocks` of this one) holds the lock of
+    ``folder``; ``holder`` says who, as its lock file does ("pid 1234, started ...")."""
 
     def __init__(self, folder: Path, holder: str):
         super().__init__(f"{folder}: locked ({holder})")
@@ -45,7 +48,7 @@ class FolderBusy(Exception):
 class FolderLocks:
     """Exclusive locks on ``folders`` (each ``folder/LOCK_NAME``) while the ``with`` block runs.
 
-    ``__enter__`` raises `FolderBusy` (and holds nothing) when another process holds one of them.
+    ``__enter__`` raises `FolderBusy` (and holds nothing) when one of them is locked already.
     ``held``: the folders locked, sorted; those that cannot be locked are left out."""
 
     def __init__(self, folders: Iterable[Path]):
@@ -56,11 +59,9 @@ class FolderLocks:
     def __enter__(self) -> FolderLocks:
         if fcntl is None:
             return self
-        _make_room_for(len(self.folders))
+        room = _make_room_for(len(self.folders))
         try:
-            for folder in self.folders:
-                if len(self._fds) >= _open_files_allowed() - _SPARE_FILES:
-                    break   # more folders than open files: the rest are not locked
+            for folder in self.folders[:room]:   # each lock stays open: the rest are not locked
                 fd = _lock(folder)
                 if fd is not None:
                     self.held.append(folder)
@@ -136,24 +137,18 @@ def _holder(fd: int) -> str:
     return text.splitlines()[0] if text else "pid unknown"
 
 
-def _open_files_allowed() -> int:
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return soft if soft != resource.RLIM_INFINITY else 1 << 30
-
-
-def _make_room_for(locks: int) -> None:
-    """Raises the soft limit of open files (up to the hard one) so that one lock file per folder
-    of a run over thousands of folders leaves the run files to open."""
+def _make_room_for(locks: int) -> int:
+    """How many lock files may stay open (at most ``locks``) with `_SPARE_FILES` left for the run;
+    raises the soft limit of open files towards the hard one first, so that a run over thousands
+    of folders locks them all."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = locks + 2 * _SPARE_FILES
-    if soft == resource.RLIM_INFINITY or soft >= want:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard),
-                                                    hard))
-    except (ValueError, OSError):
-        pass
+    want = locks + _SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        except (ValueError, OSError):
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return locks if soft == resource.RLIM_INFINITY else max(0, min(locks, soft - _SPARE_FILES))

@@ -132,3 +132,27 @@ def test_a_folder_where_no_lock_file_can_be_made_is_not_locked(tmp_path):
             assert locks.held == []
     finally:
         read_only.chmod(0o755)
+
+
+@pytest.mark.parametrize("soft, hard, held", [(552, 552, 40), (520, 700, 100)])
+def test_no_more_locks_than_open_files_allow(tmp_path, soft, hard, held):
+    """100 folders with 512 open files kept for the run: a hard limit of 552 leaves room for 40
+    locks (the first 40 in sorted order); a soft limit of 520 is raised to take all 100."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < hard:
+        pytest.skip("the hard limit of open files is lower than this case needs")
+    folders = [tmp_path / f"f{i:03}" for i in range(100)]
+    for folder in folders:
+        folder.mkdir()
+    code = f"""
+import resource, sys
+from pathlib import Path
+from biomamba.runtime.folder_lock import FolderLocks
+resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))
+with FolderLocks([Path(a) for a in sys.argv[1:]]) as locks:
+    print(" ".join(p.name for p in locks.held))
+"""
+    out = subprocess.run([sys.executable, "-c", code, *map(str, reversed(folders))], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == [f.name for f in folders[:held]]
