@@ -26,7 +26,7 @@ PRETRAINING = {"scratch": "none (front end trained too)", "hubert": "HuBERT, 2 p
                "future": "causal + future-frame heads", "delayed": "delayed target",
                "distill": "distillation of the teacher"}
 RUN = re.compile(r"^(?P<arch>[a-z]+)-(?P<size>[a-z]+)-(?P<pt>[a-z-]+)-seed(?P<seed>\d+)$")
-SETTINGS = ("preset", "epochs", "batch_size", "lr", "crop_s", "freeze_frontend", "pooling", "init")
+SETTINGS = ("preset", "epochs", "batch_size", "lr", "lr_schedule", "crop_s", "freeze_frontend", "pooling", "init")
 
 
 
