@@ -42,7 +42,7 @@ from .backend_api import Backend
 from .batching import BatchingBackend
 from .events import Event, EventTracker
 from .journal import Journal, JournalError, fingerprint
-from .writers import EventFiles, OutputError, output_path, sibling_path
+from .writers import EventFiles, OutputError, output_path, sibling_path, table_columns
 
 JOURNAL_NAME = ".bmamba-journal.jsonl"
 GPU_BATCH = 8          # recordings per call on a GPU backend when --batch is left to choose
@@ -475,6 +475,9 @@ def journal_settings(manifest, config: DetectConfig) -> dict:
     }
     if config.more_formats:
         settings["format"] = ",".join(config.formats)
+    columns = table_columns(config.formats)
+    if columns:   # added after Raven tables gained columns: older journals' tables are made again
+        settings["columns"] = columns
     if config.class_thresholds:
         settings["class_thresholds"] = dict(sorted(config.class_thresholds.items()))
     if config.min_score is not None:

@@ -70,6 +70,12 @@ RAVEN_COLUMNS = (
 CSV_COLUMNS = ("file", "start_s", "end_s", "label", "score")
 
 
+def table_columns(formats) -> dict[str, list[str]]:
+    """The columns of the tables among ``formats`` (Raven, CSV): a journal keeps them with its
+    settings, so that tables written by a version with other columns are made again on resume."""
+    return {fmt: list(cols) for fmt, cols in (("raven", RAVEN_COLUMNS), ("csv", CSV_COLUMNS)) if fmt in formats}
+
+
 class OutputError(ValueError):
     """An output file cannot be written (names the file and the reason)."""
 

@@ -384,3 +384,18 @@ def test_model_that_exists_but_cannot_be_used_exits_1(tmp_path):
     assert code == 1 and "empty" in text and "Traceback" not in text
     code, text = detect(rec, "--model", tmp_path / "nowhere")
     assert code == 2 and "no such model folder" in text
+
+
+def test_resume_makes_again_the_tables_of_a_version_with_other_columns(exported, recordings, tmp_path, monkeypatch):
+    from biomamba.runtime import writers
+
+    out, report = tmp_path / "out", tmp_path / "run.json"
+    args = ["--model", exported, "--out", out, "--format", "raven", "--threshold", "0.3", "--report", report]
+    code, text = detect(recordings[0], *args)
+    assert code == 0, text
+    code, text = detect(recordings[0], *args)                 # same columns: the journal's entry counts
+    assert code == 0 and json.loads(report.read_text())["skipped"] == 1, text
+    monkeypatch.setattr(writers, "RAVEN_COLUMNS", writers.RAVEN_COLUMNS[:-1])   # as an older version wrote
+    code, text = detect(recordings[0], *args)
+    r = json.loads(report.read_text())
+    assert code == 0 and r["skipped"] == 0 and r["processed"] == 1, text
