@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from biomamba.runtime.manifest import MANIFEST
-from biomamba.runtime.models import default_model_dir, describe_model, model_folder
+from biomamba.runtime.models import (
+    default_model_dir,
+    demonstration_note,
+    describe_model,
+    model_folder,
+)
 
 PACKAGE_MODELS = Path(__file__).resolve().parents[1] / "biomamba" / "models"
 
@@ -41,3 +48,31 @@ def test_insectset32_model_is_shipped_with_card_and_licence():
     assert "CC BY 4.0" in licence and "Faiss" in licence and "Stowell" in licence
     size = sum(f.stat().st_size for f in folder.iterdir())
     assert size < 6 * 2**20
+
+
+def test_insectset32_scores_what_its_card_says(real_data, tmp_path):
+    """`bmamba eval insectset32` on the validation split, every recording whole, gives the accuracy
+    and macro-F1 the card and the manifest state (so a model swapped in without its card fails)."""
+    import json
+    import re
+
+    from typer.testing import CliRunner
+
+    from biomamba.cli.app import app
+
+    listing = real_data / "insectset32" / "files.csv"
+    if not listing.is_file():
+        pytest.skip(f"InsectSet32 absent ({listing})")
+    report = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, ["eval", "insectset32", str(listing), "--split", "validation",
+                                      "--device", "cpu", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    got = json.loads(report.read_text())
+    folder = model_folder("insectset32")
+    card = (folder / "README.md").read_text()
+    stated = re.search(r"\| accuracy \| (\d\.\d+) \((\d+) / (\d+);", card)
+    assert stated, "the card's validation table has no accuracy row"
+    assert got["n_items"] == int(stated[3]) and round(got["accuracy"] * got["n_items"]) == int(stated[2])
+    assert f"{got['accuracy']:.3f}" == stated[1]
+    assert f"| macro-F1 | {got['macro_f1']:.3f} |" in card
+    assert f"{got['accuracy']:.2f} accuracy" in demonstration_note(folder)
