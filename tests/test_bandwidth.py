@@ -1,5 +1,6 @@
-"""recipes/band_energy.py: the share of a recording's energy above a cut-off, against the analytic
-share of two tones (a^2 / (a^2 + b^2)), on files written here."""
+"""What a 16 kHz model cannot hear: recipes/band_energy.py (the share of a recording's energy above
+a cut-off, against the analytic share of two tones, a^2 / (a^2 + b^2)) and recipes/time_expand.py
+(a time-expanded copy, against the pitch and length physics gives), on files written here."""
 
 from __future__ import annotations
 
@@ -48,3 +49,25 @@ def test_share_above_cutoff_matches_two_tones(tmp_path, seed):
     for label, share in expected.items():
         assert got["classes"][label]["median_share"] == pytest.approx(share, abs=0.01)
     assert got["classes_mostly_above"] == sum(s > 0.5 for s in expected.values())
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_time_expansion_halves_pitch_and_doubles_length(tmp_path, seed):
+    """recipes/time_expand.py: a tone of f Hz at a random rate comes back as a 16 kHz file F times
+    as long whose spectral peak sits at f / F (physics, not the code, is the oracle)."""
+    rng = np.random.default_rng(seed)
+    rate, factor = int(rng.choice([32000, 44100, 48000])), int(rng.integers(2, 4))
+    hz, seconds = float(rng.uniform(9000, 0.4 * rate)), float(rng.uniform(0.7, 1.9))
+    (tmp_path / "src" / "a").mkdir(parents=True)
+    t = np.arange(int(rate * seconds)) / rate
+    sf.write(tmp_path / "src" / "a" / "tone.wav", (0.4 * np.sin(2 * np.pi * hz * t)).astype(np.float32), rate)
+    (tmp_path / "src" / "files.csv").write_text("path,label,split\na/tone.wav,a,train\na/gone.wav,a,train\n")
+    done = subprocess.run([sys.executable, str(REPO / "recipes" / "time_expand.py"), str(tmp_path / "src" / "files.csv"),
+                           str(tmp_path / "out"), "--factor", str(factor)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "1 listed but absent" in done.stdout
+    x, sr = sf.read(tmp_path / "out" / "a" / "tone.wav", dtype="float64")
+    assert sr == 16000 and len(x) == pytest.approx(seconds * factor * 16000, abs=2)
+    peak = np.fft.rfftfreq(len(x), 1 / sr)[np.argmax(np.abs(np.fft.rfft(x)))]
+    assert peak == pytest.approx(hz / factor, abs=2.0)
+    assert (tmp_path / "out" / "files.csv").read_text() == (tmp_path / "src" / "files.csv").read_text()
