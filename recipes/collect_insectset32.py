@@ -137,7 +137,9 @@ def markdown(result: dict) -> str:
     settings = {json.dumps(r["settings"], sort_keys=True): r["settings"]
                 for g in result["conditions"].values() for r in g["runs"]}
     lines = ["# InsectSet32: validation scores", "",
-             result["task"] + ".", "", "Evaluation: " + result["evaluation"] + ".", "",
+             result["task"] + ".", "",
+             *([f"Data: {result['data_note']}", ""] if result.get("data_note") else []),
+             "Evaluation: " + result["evaluation"] + ".", "",
              "Speed: " + result["speed"] + ".", "", "Machine: " + result["machine"] + ".", "",
              "Settings of the runs (from their args.json): "
              + "; ".join(", ".join(f"{k} {v}" for k, v in s.items() if v is not None) for s in settings.values())
@@ -181,10 +183,14 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = collector_arguments(__doc__.split("\n\n")[0], "insectset32")
     parser.add_argument("--not-run", default="", help="a sentence on what of the full recipe did not run")
+    parser.add_argument("--data-note", default="", help="a sentence on how the data differ from InsectSet32 as "
+                                                         "published (e.g. a time-expanded copy)")
     args = parser.parse_args()
     times = read_times(args.work)
     names = sorted(p.stem for p in (args.work / "eval").glob("*-seed*.json"))
     runs = [r for r in (collect_run(args.work, n, times) for n in names) if r is not None]
+    seconds = sorted({round(r["speed"]["audio_s"]) for r in runs if r["speed"] and r["speed"].get("audio_s")})
+    timed_audio = " / ".join(f"{s} s" for s in seconds) or "no speed runs"
     result = {
         "task": "InsectSet32 (32 species) clip classification: trained on the dataset's train split (205 "
                 "recordings), selected and scored on its validation split (51 recordings); the test "
@@ -193,11 +199,12 @@ def main() -> None:
                       "crop of each validation recording) on every validation recording whole: the causal "
                       "model runs over the full length, frame logits mean-pooled over all of it",
         "speed": "bmamba detect --report of the exported model (portable ONNX, fp32, onnxruntime) over the 51 "
-                 "validation recordings (510 s): audio seconds per second of work",
+                 f"validation recordings ({timed_audio}): audio seconds per second of work",
         "machine": f"{platform.machine()}, 2 CPU cores shared with other work, no GPU, OMP_NUM_THREADS=1",
         "conditions": group(runs),
         "unfinished": unfinished(args.work, {r["name"] for r in runs}),
         "not_run": args.not_run,
+        "data_note": args.data_note,
         "pretraining": pretraining_runs(args.work, times),
     }
     write_results(args.out, args.name, result, markdown(result))
