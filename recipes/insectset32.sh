@@ -13,7 +13,7 @@
 #
 # What each run does (say it in any table made from it):
 # - training: random crops of $CROP from the train split (shorter recordings zero-padded),
-#   batch $BATCH, Adam lr $LR, $EPOCHS epochs; from scratch the front end trains too
+#   batch $BATCH, Adam lr $LR ($LR_SCHEDULE schedule), $EPOCHS epochs; from scratch the front end trains too
 #   (--no-freeze-frontend: a random frozen front end would only be noise); a pre-trained encoder
 #   keeps its front end frozen (the paper's protocol). Each epoch is scored on the centred $CROP
 #   of every validation recording and the best epoch is kept (best/): selection on validation.
@@ -36,10 +36,10 @@ SEEDS=${SEEDS:-"0 1 2"}
 SIZES=${SIZES:-"edge tiny"}
 ARCHS=${ARCHS:-"biomamba transformer"}
 # fine-tuning budget, the same for every model
-EPOCHS=${EPOCHS:-60}
+EPOCHS=${EPOCHS:-100}
 BATCH=${BATCH:-16}
 LR=${LR:-1e-3}
-LR_SCHEDULE=${LR_SCHEDULE:-constant}   # or linear: decay to 0 over the run
+LR_SCHEDULE=${LR_SCHEDULE:-linear}   # decay to 0 over the run (constant: keep lr)
 CROP=${CROP:-5s}
 # pre-training (BioMamba recipes; the Transformer gets HuBERT's): empty RECIPES skips it
 RECIPES=${RECIPES-"delayed"}     # the default recipe; RECIPES= (set, empty) runs none
