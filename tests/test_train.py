@@ -205,6 +205,9 @@ def test_linear_schedule_decays_to_zero_at_the_last_step(tmp_path, accumulate):
     assert [e["lr"] for e in flat] == [3e-3, 3e-3]   # the default stays constant
     with pytest.raises(ValueError, match="--lr-schedule"):
         train(tiny_config(data, tmp_path / "bad", lr_schedule="cosine"))
+    with pytest.raises(ValueError, match="epochs"):   # the decay's end would move: the rate would jump
+        train(tiny_config(data, tmp_path / "run", epochs=4, batch_size=3, valid_fraction=0, accumulate=accumulate,
+                          warmup_steps=1, lr_schedule="linear", resume=True))
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -300,7 +300,9 @@ def train(cfg: TrainConfig) -> dict:
         run = Run(device, select_amp(cfg.amp, device), dist)
         task = cfg.task or infer_task(cfg.data)
         args = {**asdict(cfg), "task": task}
-        prepare_out(cfg.out, cfg.resume, args, dist, RESUME_KEYS)
+        # a linear decay ends at the planned last step: a resumed run must plan the same one
+        keys = RESUME_KEYS + (("epochs", "max_steps") if cfg.lr_schedule == "linear" else ())
+        prepare_out(cfg.out, cfg.resume, args, dist, keys)
         train_set, valid_set, classes, notes = build_datasets(cfg, task)
         report_skipped(dist, notes)
         seed_everything(cfg.seed)
