@@ -465,7 +465,8 @@ def reported_classes(model_classes, chosen=None) -> frozenset[str]:
 def journal_settings(manifest, config: DetectConfig) -> dict:
     """What changes the output files; an entry recorded under other settings does not count.
     Settings added since the journal's first version appear only when they change something, so
-    the journals of runs that do not use them stay valid."""
+    the journals of runs that do not use them stay valid; except the table columns, there to make
+    again the tables that a version writing other columns left."""
     settings = {
         "model": manifest.source_sha256, "variant": manifest.variant, "precision": manifest.precision,
         "threshold": config.threshold, "threshold_off": config.threshold_off,
@@ -476,7 +477,7 @@ def journal_settings(manifest, config: DetectConfig) -> dict:
     if config.more_formats:
         settings["format"] = ",".join(config.formats)
     columns = table_columns(config.formats)
-    if columns:   # added after Raven tables gained columns: older journals' tables are made again
+    if columns:
         settings["columns"] = columns
     if config.class_thresholds:
         settings["class_thresholds"] = dict(sorted(config.class_thresholds.items()))
