@@ -14,6 +14,7 @@ from torch import nn
 
 from .model import AudioModel, MambaBlock
 from .presets import ModelConfig
+from .streaming import SAMPLE_RATE
 
 
 class BidirectionalBioMamba(AudioModel):
@@ -25,8 +26,8 @@ class BidirectionalBioMamba(AudioModel):
     architecture = "biomamba-bidirectional"
 
     def __init__(self, config: ModelConfig, task: str = "embed", classes: Sequence[str] = (),
-                 pooling: str = "mean", preset: str | None = None):
-        super().__init__(config, task, classes, pooling, preset)
+                 pooling: str = "mean", preset: str | None = None, sample_rate: int = SAMPLE_RATE):
+        super().__init__(config, task, classes, pooling, preset, sample_rate)
         self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layers))
         self.backward_layers = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layers))
         self.norm_f = nn.RMSNorm(config.d_model, eps=1e-5)

@@ -21,6 +21,7 @@ import torch
 from .bidirectional import BidirectionalBioMamba
 from .checkpoint import CONFIG, CheckpointError, read_config
 from .model import AudioModel, BioMamba
+from .streaming import SAMPLE_RATE, check_sample_rate
 from .transformer import TransformerBaseline
 
 # config.json "architecture" -> class. These names are written into every checkpoint: never rename.
@@ -78,6 +79,20 @@ def load_model_from(path: str | os.PathLike, device: str | torch.device = "cpu")
     return model
 
 
+def init_sample_rate(init: str | os.PathLike | None, requested: int | None) -> int:
+    """The input rate of a model being made: ``requested`` (``--sample-rate``), else the rate of
+    checkpoint ``init``, else 16 kHz. A requested rate other than the checkpoint's is refused
+    (ValueError): its front end learnt the sounds of its own rate. Raises CheckpointError for a
+    bad ``init``."""
+    if init is None:
+        return check_sample_rate(SAMPLE_RATE if requested is None else requested)
+    rate = read_config(resolve_checkpoint(init)).get("sample_rate", SAMPLE_RATE)
+    if requested is not None and requested != rate:
+        raise ValueError(f"--sample-rate {requested}: the --init checkpoint {init} reads {rate} Hz audio; "
+                         "leave --sample-rate out, or start from a checkpoint of that rate")
+    return check_sample_rate(rate)
+
+
 def model_from_init(path: str | os.PathLike, task: str, classes: Sequence[str], pooling: str = "mean",
                     architecture: str | None = None) -> AudioModel:
     """``--init``: a model for ``task``/``classes`` whose encoder (front end and layers) comes from
@@ -91,7 +106,8 @@ def model_from_init(path: str | os.PathLike, task: str, classes: Sequence[str], 
                             else source.architecture)
     if arch not in ARCHITECTURES:
         raise CheckpointError(folder, f"cannot fine-tune a {arch!r} model")
-    model = ARCHITECTURES[arch](source.config, task, classes, pooling, preset=source.preset)
+    model = ARCHITECTURES[arch](source.config, task, classes, pooling, preset=source.preset,
+                                sample_rate=source.sample_rate)
     same_head = (source.task, source.classes, source.pooling) == (task, list(classes), pooling)
     weights = {k: v for k, v in source.state_dict().items() if same_head or not k.startswith(HEAD_PREFIXES)}
     own = model.state_dict()

@@ -1,6 +1,8 @@
 """BioMamba: the wav2vec2-style front end, stacked Mamba2 blocks, and the task heads.
 
-Shapes: audio [B, S] at 16 kHz; frames T = ceil(S / 320) (20 ms each); hidden [B, T, d_model].
+Shapes: audio [B, S] at the model's ``sample_rate`` (16 kHz unless its config says another, see
+``biomamba.streaming.check_sample_rate``); frames T = ceil(S / 320) (20 ms each at 16 kHz);
+hidden [B, T, d_model].
 
 Tasks and heads (``task``):
 - ``detect``: frame-level multi-label detection, per-frame logits [B, T, C], sigmoid.
@@ -37,6 +39,7 @@ from .streaming import (
     StreamRunner,
     block_pieces,
     check_audio,
+    check_sample_rate,
     keep_resident_memory_flat,
 )
 
@@ -70,8 +73,9 @@ class AudioModel(nn.Module):
     architecture = "abstract"
 
     def __init__(self, config: ModelConfig, task: str = "detect", classes: Sequence[str] = (),
-                 pooling: str = "mean", preset: str | None = None):
+                 pooling: str = "mean", preset: str | None = None, sample_rate: int = SAMPLE_RATE):
         super().__init__()
+        self.sample_rate = check_sample_rate(sample_rate)   # the rate its audio is decoded at
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         if pooling not in POOLINGS:
@@ -90,15 +94,16 @@ class AudioModel(nn.Module):
 
     @classmethod
     def from_preset(cls, preset: str, task: str = "detect", classes: Sequence[str] = (),
-                    pooling: str = "mean", **overrides):
+                    pooling: str = "mean", sample_rate: int = SAMPLE_RATE, **overrides):
         """A randomly initialised model of a named preset (``tiny``, ``edge``, ``base``)."""
-        return cls(get_preset(preset).with_overrides(**overrides), task, classes, pooling, preset=preset)
+        return cls(get_preset(preset).with_overrides(**overrides), task, classes, pooling, preset=preset,
+                   sample_rate=sample_rate)
 
     def config_dict(self) -> dict:
         return {
             "architecture": self.architecture, "preset": self.preset, "model": self.config.to_dict(),
             "task": self.task, "classes": self.classes, "pooling": self.pooling,
-            "sample_rate": SAMPLE_RATE, "hop": HOP, "context": CONTEXT, "bmamba_version": __version__,
+            "sample_rate": self.sample_rate, "hop": HOP, "context": CONTEXT, "bmamba_version": __version__,
         }
 
     def save(self, path: str | os.PathLike, **extra) -> Path:
@@ -118,8 +123,11 @@ class AudioModel(nn.Module):
         if arch != cls.architecture:
             raise CheckpointError(path, f"holds a {arch!r} model, not {cls.architecture!r}; use biomamba.load_model")
         try:
+            if (config.get("hop", HOP), config.get("context", CONTEXT)) != (HOP, CONTEXT):
+                raise ValueError(f"hop/context {config.get('hop')}/{config.get('context')}, not {HOP}/{CONTEXT}")
             model = cls(ModelConfig.from_dict(config["model"]), config["task"], config.get("classes", []),
-                        config.get("pooling", "mean"), preset=config.get("preset"))
+                        config.get("pooling", "mean"), preset=config.get("preset"),
+                        sample_rate=config.get("sample_rate", SAMPLE_RATE))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(path, f"invalid config ({e})") from None
         weights = load_weights(Path(path) if Path(path).is_dir() else Path(path).parent)
@@ -183,12 +191,12 @@ class AudioModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, audio: np.ndarray) -> np.ndarray:
-        """One whole recording, 1-D float numpy at 16 kHz, in one pass.
+        """One whole recording, 1-D float numpy at ``sample_rate``, in one pass.
 
         Returns detect: frame probabilities [T, C]; classify: class probabilities [C];
         embed: frame embeddings [T, D]. Raises ValueError on bad input (dtype, rank, NaN, empty).
         """
-        audio = check_audio(audio)
+        audio = check_audio(audio, sample_rate=self.sample_rate)
         was_training = self.training
         self.eval()
         try:
@@ -232,8 +240,8 @@ class BioMamba(AudioModel):
     mamba_block_frames = 256
 
     def __init__(self, config: ModelConfig, task: str = "detect", classes: Sequence[str] = (),
-                 pooling: str = "mean", preset: str | None = None):
-        super().__init__(config, task, classes, pooling, preset)
+                 pooling: str = "mean", preset: str | None = None, sample_rate: int = SAMPLE_RATE):
+        super().__init__(config, task, classes, pooling, preset, sample_rate)
         self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layers))
         self.norm_f = nn.RMSNorm(config.d_model, eps=1e-5)
 
@@ -306,11 +314,11 @@ class BioMamba(AudioModel):
 
     def stream(self, max_chunk_s: float = 30.0) -> ModelStream:
         """A stream over one recording; push pieces of any length, then flush."""
-        return ModelStream(self, max_frames=frames_for(max_chunk_s))
+        return ModelStream(self, max_frames=frames_for(max_chunk_s, self.sample_rate))
 
     @torch.no_grad()
     def predict(self, audio: np.ndarray) -> np.ndarray:
-        """One whole recording, 1-D float numpy at 16 kHz, in the exact long-recording mode.
+        """One whole recording, 1-D float numpy at ``sample_rate``, in the exact long-recording mode.
 
         The recording goes through ``stream()`` (30 s chunks, carried state, each chunk blocked as
         in ``step_chunk``), as ``bmamba detect`` runs it: the same numbers as one whole pass
@@ -318,7 +326,7 @@ class BioMamba(AudioModel):
         Returns detect: frame probabilities [T, C]; classify: class probabilities [C]; embed: frame
         embeddings [T, D]. Raises ValueError on bad input (dtype, rank, NaN, empty).
         """
-        audio = check_audio(audio)
+        audio = check_audio(audio, sample_rate=self.sample_rate)
         was_training = self.training
         try:
             stream = self.stream()
@@ -349,7 +357,9 @@ class ModelStream:
         return self._runner.frames
 
     def push(self, piece: np.ndarray) -> np.ndarray:
-        return self._finish(self._runner.push(check_audio(piece) if len(piece) else np.zeros(0, np.float32)))
+        if not len(piece):
+            return self._finish(self._runner.push(np.zeros(0, np.float32)))
+        return self._finish(self._runner.push(check_audio(piece, sample_rate=self.model.sample_rate)))
 
     def flush(self) -> np.ndarray:
         return self._finish(self._runner.flush())

@@ -1,7 +1,7 @@
 """Model outputs -> probabilities and window scores: the one scoring path, torch-free (numpy only).
 
 Every consumer turns the outputs of ``run_chunk`` (``logits`` [n, C], ``embeddings`` [n, D],
-``attention`` [n] for attention pooling, per 20 ms frame) into what the user gets with these
+``attention`` [n] for attention pooling, per frame: 20 ms at 16 kHz) into what the user gets with these
 functions: the PyTorch stream (``biomamba.model.ModelStream``), ``bmamba detect`` and ``bmamba
 embed`` (``biomamba.runtime``), and evaluation (through ``ModelStream``).
 
@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .streaming import FRAME_S, HOP, SAMPLE_RATE
+from .streaming import HOP, frame_seconds
 
-__all__ = ["FRAME_S", "SAMPLE_RATE", "RunningPool", "WindowPooler", "frames_for", "sigmoid", "softmax"]
+__all__ = ["RunningPool", "WindowPooler", "frame_seconds", "frames_for", "sigmoid", "softmax"]
 
 
-def frames_for(seconds: float) -> int:
-    """Whole 20 ms frames in ``seconds`` (nearest, at least one): 3.0 -> 150, 0.01 -> 1."""
-    return max(1, int(round(seconds * SAMPLE_RATE / HOP)))
+def frames_for(seconds: float, sample_rate: int) -> int:
+    """Whole frames in ``seconds`` at a model's sample rate (nearest, at least one): at 16 kHz
+    3.0 -> 150, 0.01 -> 1; at 32 kHz 3.0 -> 300."""
+    return max(1, int(round(seconds * sample_rate / HOP)))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -7,9 +7,11 @@ backend's ``run_chunk(block, state) -> (outputs, state)`` and carries the model 
 conv and SSM state). The PyTorch model, onnxruntime and TensorRT all run through this one loop, so
 a chunked run equals a whole run on every backend by construction of the same code.
 
-Frame t covers samples [320*t, 320*(t+1)) of the recording, i.e. [0.02*t, 0.02*(t+1)) seconds at
-16 kHz. A recording of S samples gives ceil(S / 320) frames; the last one, when partial, is
-zero-padded (``StreamRunner.padded_samples`` says by how much).
+Frame t covers samples [320*t, 320*(t+1)) of the recording as decoded at the model's sample rate,
+i.e. [0.02*t, 0.02*(t+1)) seconds at 16 kHz (``frame_seconds``). A recording of S samples gives
+ceil(S / 320) frames; the last one, when partial, is zero-padded (``StreamRunner.padded_samples``
+says by how much). Everything here counts samples; only ``frame_seconds`` and the callers that turn
+seconds into samples know the rate.
 """
 
 from __future__ import annotations
@@ -20,10 +22,30 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+SAMPLE_RATE = 16_000  # BioMamba's input rate, and every model's unless its config says another
 HOP = 320              # samples per frame (20 ms at 16 kHz)
 CONTEXT = 80           # samples of left context a frame needs beyond its hop (receptive field 400)
-FRAME_S = HOP / SAMPLE_RATE
+MAX_MODEL_RATE = 384_000
+
+
+def check_sample_rate(rate) -> int:
+    """A model's input rate, validated: a multiple of 16 kHz from 16 kHz to 384 kHz. Raises ValueError.
+
+    A model may read its audio faster than 16 kHz to hear higher sounds (most insects of InsectSet32
+    sing above 8 kHz, the 16 kHz Nyquist; bats far above): the same 320-sample frames then last
+    20 ms x 16 kHz / rate. Multiples of 16 kHz keep 50 x k frames a second, so the durations users
+    give (30 s chunks, 3 s windows, 0.02 s) stay whole numbers of frames.
+    """
+    if isinstance(rate, bool) or not isinstance(rate, int | np.integer) or rate % SAMPLE_RATE \
+            or not SAMPLE_RATE <= rate <= MAX_MODEL_RATE:
+        raise ValueError(f"sample rate {rate!r}: a model reads a multiple of {SAMPLE_RATE} Hz from "
+                         f"{SAMPLE_RATE} to {MAX_MODEL_RATE} Hz")
+    return int(rate)
+
+
+def frame_seconds(sample_rate: int) -> float:
+    """Seconds per frame at a model's sample rate: 0.02 at 16 kHz, 0.01 at 32 kHz."""
+    return HOP / sample_rate
 
 RunChunk = Callable[[np.ndarray, Any], tuple[dict[str, np.ndarray], Any]]
 
@@ -49,7 +71,7 @@ def keep_resident_memory_flat() -> None:
         pass
 
 
-def check_audio(audio, name: str = "audio", ndim: int = 1) -> np.ndarray:
+def check_audio(audio, name: str = "audio", ndim: int = 1, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Validate model input audio and return it as float32. Raises ValueError naming the problem."""
     if not isinstance(audio, np.ndarray):
         raise ValueError(f"{name} must be a numpy array, got {type(audio).__name__}")
@@ -64,7 +86,7 @@ def check_audio(audio, name: str = "audio", ndim: int = 1) -> np.ndarray:
     if not np.isfinite(audio).all():
         bad = int(np.flatnonzero(~np.isfinite(audio.reshape(-1)))[0]) % audio.shape[-1]
         raise ValueError(f"{name} has NaN or infinite samples (first at sample {bad}, "
-                         f"{bad / SAMPLE_RATE:.3f} s at 16 kHz)")
+                         f"{bad / sample_rate:.3f} s at {sample_rate / 1000:g} kHz)")
     return audio.astype(np.float32, copy=False)
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from .model import AudioModel
 from .presets import ModelConfig
+from .streaming import SAMPLE_RATE
 
 
 class EncoderLayer(nn.Module):
@@ -45,8 +46,8 @@ class TransformerBaseline(AudioModel):
     architecture = "transformer"
 
     def __init__(self, config: ModelConfig, task: str = "detect", classes=(), pooling: str = "mean",
-                 preset: str | None = None):
-        super().__init__(config, task, classes, pooling, preset)
+                 preset: str | None = None, sample_rate: int = SAMPLE_RATE):
+        super().__init__(config, task, classes, pooling, preset, sample_rate)
         k = config.tf_pos_conv_kernel
         self.pos_conv = nn.Conv1d(config.d_model, config.d_model, k, padding=k // 2,
                                   groups=config.tf_pos_conv_groups)

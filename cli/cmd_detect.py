@@ -107,9 +107,6 @@ def register(app: typer.Typer) -> None:
             config.check()
         except ValueError as e:
             fail(str(e), usage=True)
-        memory = chunk_memory_problem(chunk_s, _available_mb())
-        if memory:
-            fail(memory, usage=True)
         cores = _cpu_count()
         if threads is not None and threads > cores:
             fail(f"--threads {threads}: this machine has {cores} CPU cores; use at most {cores}", usage=True)
@@ -144,6 +141,9 @@ def register(app: typer.Typer) -> None:
             manifest, folder, name = describe_model(model, backend)
         except ManifestError as e:   # bad usage if the named path does not exist; else a failed run
             fail(str(e), usage=model is not None and not model_folder(model).exists())
+        memory = chunk_memory_problem(chunk_s, _available_mb(), manifest.sample_rate)
+        if memory:
+            fail(memory, usage=True)
         problem = config.class_problem(manifest.classes)
         if problem:
             fail(f"{'--classes ' + str(classes) if chosen else '--threshold'}: {problem}", usage=True)
@@ -157,7 +157,8 @@ def register(app: typer.Typer) -> None:
             detector.check()   # model and option problems: once, before the first recording
         except (ManifestError, BackendError, ValueError) as e:
             fail(str(e))
-        typer.echo("bmamba: " + model_line(name, folder, manifest.task, manifest.classes, detector.reported),
+        typer.echo("bmamba: " + model_line(name, folder, manifest.task, manifest.classes, detector.reported,
+                                        manifest.sample_rate),
                    err=True)
 
         journal_obj = None

@@ -44,11 +44,12 @@ def register(app: typer.Typer) -> None:
         if model is not None and not model.exists():
             fail(f"--model {model}: no such model folder", usage=True)
         try:  # the folder is there but is no usable model, or the backend cannot run here: a failed run
-            _, folder, _ = describe_model(model, backend)
+            described, folder, _ = describe_model(model, backend)
             engine = open_backend(folder, backend, threads=threads)
         except (ManifestError, BackendError, ValueError) as e:
             fail(str(e))
-        result = embed_files(engine, files, window_s=window_s, hop_s=hop_s, chunk_s=chunk_s, channel=channel)
+        result = embed_files(engine, files, window_s=window_s, hop_s=hop_s, chunk_s=chunk_s, channel=channel,
+                             sample_rate=described.sample_rate)
         npy, index = write_embeddings(out, result)
         for _path, why in result.failures:
             typer.secho(f"bmamba: failed: {why}", err=True, fg=typer.colors.RED)

@@ -38,6 +38,10 @@ def register(app: typer.Typer) -> None:
         delay: int = typer.Option(None, help="Frames between a masked frame and the output that predicts its "
                                              "label (default 10 = 200 ms for recipe delayed, else 0)."),
         preset: str = typer.Option("base", help="Model size: tiny, edge or base (ignored with --init)."),
+        sample_rate: int = typer.Option(None, help="Hz the model reads its audio at: 16000 (default), 32000 "
+                                                   "(hears to 16 kHz), any multiple of 16000 to 384000. "
+                                                   "With --init: the checkpoint's. Frames last 320 samples, "
+                                                   "so --delay and --mask-length shrink in seconds."),
         mask_prob: float = typer.Option(0.8, help="Span-start probability times span length (HuBERT 0.8)."),
         mask_length: int = typer.Option(10, help="Masked span length in frames (HuBERT 10)."),
         min_masks: int = typer.Option(2, help="At least this many spans per crop (HuBERT 2)."),
@@ -90,7 +94,7 @@ def register(app: typer.Typer) -> None:
                 audio=list(audio), out=out, phase=phase, clusters=clusters, init=init, labels_from=labels_from,
                 from_scratch=from_scratch, layer=layer, recipe=recipe, architecture=architecture,
                 future_frames=future_frames,
-                future_weight=future_weight, delay=delay, preset=preset, mask_prob=mask_prob, mask_length=mask_length,
+                future_weight=future_weight, delay=delay, preset=preset, sample_rate=sample_rate, mask_prob=mask_prob, mask_length=mask_length,
                 min_masks=min_masks, final_dim=final_dim, temperature=temperature, feature_penalty=feature_penalty,
                 cnn_grad_scale=cnn_grad_scale, steps=steps, crop_s=parse_duration(crop),
                 min_crop_s=parse_duration(min_crop) if min_crop else None, batch_size=batch_size,

@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
         architecture: str = typer.Option(None, help="biomamba (default), transformer (the baseline), or "
                                                     "biomamba-bidirectional (the pre-training teacher; offline only)."),
         init: Path = typer.Option(None, help="Start from this checkpoint (or run folder): its encoder, a new head."),
+        sample_rate: int = typer.Option(None, help="Hz the model reads its audio at: 16000 (default; hears to "
+                                                   "8 kHz), 32000 (to 16 kHz, e.g. most insects), any multiple "
+                                                   "of 16000 to 384000. With --init: the checkpoint's."),
         freeze_frontend: bool = typer.Option(True, "--freeze-frontend/--no-freeze-frontend",
                                              help="Keep the convolutional front end fixed (as in the paper)."),
         pooling: str = typer.Option("mean", help="Clip pooling for classify: mean or attention."),
@@ -100,7 +103,8 @@ def register(app: typer.Typer) -> None:
             gain_db = _pair(gain, "--gain") if gain else None
             cfg = TrainConfig(data=data, task=task, valid=valid, valid_fraction=valid_fraction, split=split,
                               valid_split=valid_split, preset=preset,
-                              architecture=architecture, init=init, freeze_frontend=freeze_frontend,
+                              architecture=architecture, init=init, sample_rate=sample_rate,
+                              freeze_frontend=freeze_frontend,
                               pooling=pooling, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
                               weight_decay=weight_decay, warmup_steps=warmup_steps,
                               lr_schedule=lr_schedule, grad_clip=grad_clip or None,

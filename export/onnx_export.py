@@ -59,7 +59,7 @@ from biomamba.runtime.manifest import (
     write_manifest,
 )
 from biomamba.ssd import ssd_chunked
-from biomamba.streaming import CONTEXT, HOP, SAMPLE_RATE
+from biomamba.streaming import CONTEXT, HOP
 
 SUPPORTED_OPSETS = (17, 18)
 VARIANTS = ("portable", "plugin")
@@ -311,10 +311,11 @@ def export_model(checkpoint_or_model, out_dir: str | os.PathLike, *, variant: st
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(f"opset {opset} is not supported; choose one of "
                           f"{', '.join(map(str, SUPPORTED_OPSETS))}")
-    chunk_frames = int(round(chunk_s * SAMPLE_RATE / HOP))
-    if not np.isfinite(chunk_s) or chunk_frames < 1:
-        raise ExportError(f"chunk length {chunk_s!r} s is shorter than one frame ({HOP / SAMPLE_RATE} s)")
     model, source = load_exportable(checkpoint_or_model)
+    rate = model.sample_rate
+    chunk_frames = int(round(chunk_s * rate / HOP)) if np.isfinite(chunk_s) else 0
+    if chunk_frames < 1:
+        raise ExportError(f"chunk length {chunk_s!r} s is shorter than one frame ({HOP / rate} s)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.json").unlink(missing_ok=True)     # a half-written export never looks complete
@@ -349,7 +350,7 @@ def export_model(checkpoint_or_model, out_dir: str | os.PathLike, *, variant: st
                    {**time_axes, **state_axes}, opset, plugin=variant == "plugin")
 
     manifest = Manifest(
-        preset=model.preset, task=model.task, classes=tuple(model.classes), sample_rate=SAMPLE_RATE,
+        preset=model.preset, task=model.task, classes=tuple(model.classes), sample_rate=rate,
         hop=HOP, context=CONTEXT, chunk_frames=chunk_frames,
         thresholds={c: DEFAULT_THRESHOLD for c in model.classes}, variant=variant,
         precision="fp16" if fp16 else "fp32", opset=opset, d_model=model.config.d_model,

@@ -26,7 +26,8 @@ PRETRAINING = {"scratch": "none (front end trained too)", "hubert": "HuBERT, 2 p
                "future": "causal + future-frame heads", "delayed": "delayed target",
                "distill": "distillation of the teacher"}
 RUN = re.compile(r"^(?P<arch>[a-z]+)-(?P<size>[a-z]+)-(?P<pt>[a-z-]+)-seed(?P<seed>\d+)$")
-SETTINGS = ("preset", "epochs", "batch_size", "lr", "lr_schedule", "crop_s", "freeze_frontend", "pooling", "init")
+SETTINGS = ("preset", "epochs", "batch_size", "lr", "lr_schedule", "crop_s", "freeze_frontend", "pooling", "init",
+            "sample_rate")
 
 
 
@@ -63,6 +64,8 @@ def collect_run(work: Path, name: str, times: dict[str, int]) -> dict | None:
     return {
         "name": name, "architecture": m["arch"], "size": m["size"], "pretraining": m["pt"],
         "seed": int(m["seed"]),
+        # the model's input rate (runs older than --sample-rate read 16 kHz, the only rate then)
+        "sample_rate": report.get("sample_rate") or 16000,
         "validation_accuracy": report["accuracy"], "validation_macro_f1": report["macro_f1"],
         "n_validation": report["n_items"],
         "selected": selected_epoch(run),
@@ -84,6 +87,7 @@ def pretraining_runs(work: Path, times: dict[str, int]) -> dict[str, dict]:
         recipe = "hubert" if args.get("architecture") == "transformer" else args.get("recipe")
         out[run.name] = {"recipe": recipe, "phase": args.get("phase"), "steps": args.get("steps"),
                          "batch_size": args.get("batch_size"), "crop_s": args.get("crop_s"),
+                         "sample_rate": args.get("sample_rate") or 16000,
                          "wall_s": times.get(f"pretrain-{run.name}")}
     return out
 
@@ -94,12 +98,12 @@ def summary(values: list[float]) -> dict:
 
 
 def group(runs: list[dict]) -> dict[str, dict]:
-    """Runs of the same architecture, size and pre-training, over seeds."""
+    """Runs of the same architecture, size, pre-training and input rate, over seeds."""
     out: dict[str, dict] = {}
     for r in runs:
-        key = f"{r['architecture']}-{r['size']}-{r['pretraining']}"
+        key = f"{r['architecture']}-{r['size']}-{r['pretraining']}-{r['sample_rate']}"
         g = out.setdefault(key, {"architecture": r["architecture"], "size": r["size"],
-                                 "pretraining": r["pretraining"], "runs": []})
+                                 "pretraining": r["pretraining"], "sample_rate": r["sample_rate"], "runs": []})
         g["runs"].append(r)
     for g in out.values():
         rs = sorted(g["runs"], key=lambda r: r["seed"])
@@ -148,9 +152,9 @@ def markdown(result: dict) -> str:
              "an accuracy p on 51 recordings is sqrt(p (1 - p) / 51), about 0.07 at p = 0.4, before any "
              "seed-to-seed spread. With one seed per row, differences under about 0.14 (two standard "
              "errors) are inside the noise.", "",
-             "| model | size | pre-training | seeds | validation accuracy | macro-F1 | per-seed accuracy | "
+             "| model | size | input | pre-training | seeds | validation accuracy | macro-F1 | per-seed accuracy | "
              "binomial s.e. | selected epoch | parameters | train wall (s) | CPU speed (x real time) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in result["conditions"].values():
         per_seed = " ".join(f"{r['validation_accuracy']:.3f}" for r in g["runs"])
         epochs = " ".join(str(r["selected"].get("epoch", "-")) for r in g["runs"])
@@ -158,6 +162,7 @@ def markdown(result: dict) -> str:
         speed = f"{g['x_real_time']:.0f}" if g["x_real_time"] is not None else "not exportable"
         params = f"{g['parameters']:,}" if g["parameters"] else "-"
         lines.append(f"| {ARCHS.get(g['architecture'], g['architecture'])} | {g['size']} | "
+                     f"{g['sample_rate'] / 1000:g} kHz | "
                      f"{PRETRAINING.get(g['pretraining'], g['pretraining'])} | {g['accuracy']['n']} | "
                      f"{_mean_std(g['accuracy'])} | {_mean_std(g['macro_f1'])} | {per_seed} | "
                      f"{np.sqrt(g['accuracy']['mean'] * (1 - g['accuracy']['mean']) / g['runs'][0]['n_validation']):.3f} | "
@@ -167,7 +172,7 @@ def markdown(result: dict) -> str:
         lines += ["", "Pre-training runs (on the unlabelled audio: recipes/layout.py's pre-training list plus the "
                       "InsectSet32 train split, labels unused; each fine-tuned with its front end frozen):", ""]
         lines += [f"- {name}: recipe {pt['recipe']}, phase {pt['phase']}, {pt['steps']} steps of batch "
-                  f"{pt['batch_size']} x {pt['crop_s']:g} s crops, {pt['wall_s'] if pt['wall_s'] is not None else '-'} s"
+                  f"{pt['batch_size']} x {pt['crop_s']:g} s crops at {pt['sample_rate'] / 1000:g} kHz, {pt['wall_s'] if pt['wall_s'] is not None else '-'} s"
                   for name, pt in result["pretraining"].items()]
     if result["unfinished"]:
         lines += ["", "Started but not finished (not in the table; best accuracy on the centred validation "

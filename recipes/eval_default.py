@@ -26,7 +26,7 @@ from biomamba.audio import read_audio
 from biomamba.data import read_beans_jsonl
 from biomamba.runtime.events import detect_events
 
-FRAMES_PER_S = 50
+FRAMES_PER_S = 50   # the default model's 20 ms frames (checked in main)
 
 
 def phoebe_scores(model: BioMamba, listing: Path, threshold: float) -> dict:
@@ -34,7 +34,7 @@ def phoebe_scores(model: BioMamba, listing: Path, threshold: float) -> dict:
     rows, hits_mean, hits_max, recalled = [], 0, 0, 0
     for item in read_beans_jsonl(listing):
         truth = item.annotations[0].label
-        probs = model.predict(read_audio(item.path))             # [T, C]
+        probs = model.predict(read_audio(item.path, sample_rate=model.sample_rate))             # [T, C]
         by_mean, by_max = classes[int(probs.mean(0).argmax())], classes[int(probs.max(0).argmax())]
         top = float(probs[:, classes.index(truth)].max())
         hits_mean += by_mean == truth
@@ -50,7 +50,7 @@ def soundscape_scores(model: BioMamba, listing: Path, threshold: float) -> dict:
     frames_over, frames, windows_over, windows, events, seconds, peak = 0, 0, 0, 0, [], 0.0, 0.0
     items = read_beans_jsonl(listing)
     for item in items:
-        probs = model.predict(read_audio(item.path))             # [T, C]
+        probs = model.predict(read_audio(item.path, sample_rate=model.sample_rate))             # [T, C]
         over = probs.max(1) >= threshold
         frames_over, frames = frames_over + int(over.sum()), frames + len(over)
         whole = len(over) // FRAMES_PER_S
@@ -76,6 +76,9 @@ def main() -> None:
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args()
     model = BioMamba.load(args.checkpoint).eval()
+    if model.sample_rate != 16000:
+        raise SystemExit(f"{args.checkpoint}: reads {model.sample_rate} Hz audio; this recipe scores 16 kHz models "
+                         "(its windows count 50 frames a second)")
     result = {"checkpoint": str(args.checkpoint), "threshold": args.threshold,
               "phoebe": phoebe_scores(model, args.phoebe, args.threshold),
               "soundscape": soundscape_scores(model, args.soundscape, args.threshold)}

@@ -41,6 +41,9 @@ BATCH=${BATCH:-16}
 LR=${LR:-1e-3}
 LR_SCHEDULE=${LR_SCHEDULE:-linear}   # decay to 0 over the run (constant: keep lr)
 CROP=${CROP:-5s}
+# the models' input rate: 16000 hears to 8 kHz; 32000 (with CROP=2.5s: the same samples per crop)
+# hears to 16 kHz, where most InsectSet32 species sing (recipes/band_energy.py)
+SAMPLE_RATE=${SAMPLE_RATE:-16000}
 # pre-training (BioMamba recipes; the Transformer gets HuBERT's): empty RECIPES skips it
 RECIPES=${RECIPES-"delayed"}     # the default recipe; RECIPES= (set, empty) runs none
 PT_STEPS=${PT_STEPS:-2000}
@@ -84,7 +87,8 @@ finetune() {
 for seed in $SEEDS; do
   for arch in $ARCHS; do
     for size in $SIZES; do
-      finetune "$arch-$size-scratch" "$seed" --preset "$size" --architecture "$arch" --no-freeze-frontend
+      finetune "$arch-$size-scratch" "$seed" --preset "$size" --architecture "$arch" --no-freeze-frontend \
+          --sample-rate "$SAMPLE_RATE"
     done
   done
 done

@@ -133,7 +133,7 @@ def clip_features(model, paths: list[Path], device: str = "cpu") -> dict[str, np
     with torch.no_grad():
         for path in paths:
             try:
-                audio = torch.from_numpy(read_audio(path))[None].to(device)
+                audio = torch.from_numpy(read_audio(path, sample_rate=model.sample_rate))[None].to(device)
             except AudioError as e:
                 raise SystemExit(f"probe: {e}") from None
             hidden, layers = model.encode_layers(model.frontend(pad_for_frontend(audio)))

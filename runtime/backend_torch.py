@@ -74,24 +74,27 @@ class TorchBackend:
     def close(self) -> None:
         pass
 
-    def scorer(self, task: str, window_s: float) -> TorchScorer:
-        return TorchScorer(self.model, task, window_s)
+    def scorer(self, task: str, window_s: float, sample_rate: int) -> TorchScorer:
+        return TorchScorer(self.model, task, window_s, sample_rate)
 
 
 class TorchScorer:
     """PyTorch's own probabilities per scoring unit, from the torch backend's outputs.
 
     detect: ``torch.sigmoid(logits)`` per frame; classify: consecutive windows of
-    ``frames_for(window_s)`` frames (the last one partial), each ``softmax(model.pool(...))`` --
+    ``frames_for(window_s, sample_rate)`` frames (the last one partial), each ``softmax(model.pool(...))`` --
     the pooling the classifier was trained with (mean, or attention recomputed from the
     embeddings). Called like ``runtime.detect.Scorer``: (outputs, final) -> [units, C].
     """
 
-    def __init__(self, model, task: str, window_s: float):
+    def __init__(self, model, task: str, window_s: float, sample_rate: int):
         from biomamba.scoring import frames_for
 
+        if model.sample_rate != sample_rate:   # the folder's config.json and model.json disagree
+            raise BackendError(f"the PyTorch model reads {model.sample_rate} Hz audio but the model folder "
+                               f"says {sample_rate} Hz: the folder is inconsistent (export it again)")
         self.model, self.task = model, task
-        self.window = frames_for(window_s)
+        self.window = frames_for(window_s, sample_rate)
         self._logits: list = []
         self._hidden: list = []
 

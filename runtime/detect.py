@@ -35,8 +35,8 @@ import numpy as np
 from biomamba.audio import AudioError, audio_info, iter_audio
 from biomamba.data.layout import BACKGROUND_CLASS
 from biomamba.metrics import prf_from_counts
-from biomamba.scoring import FRAME_S, SAMPLE_RATE, WindowPooler, frames_for, sigmoid, softmax
-from biomamba.streaming import StreamRunner
+from biomamba.scoring import WindowPooler, frame_seconds, frames_for, sigmoid, softmax
+from biomamba.streaming import SAMPLE_RATE, StreamRunner
 
 from .backend_api import Backend
 from .batching import BatchingBackend
@@ -174,19 +174,19 @@ def plan_outputs(found: Iterable[tuple[Path, Path | None]], out_dir: Path | None
 
 
 class Scorer:
-    """Backend outputs -> probabilities per scoring unit (20 ms frames, or windows for classifiers),
-    with ``biomamba.scoring``: detect -> sigmoid per frame; classify -> each window's frame logits
-    pooled as the model pools a clip (mean, or weighted by softmax of its ``attention`` output),
-    then softmax."""
+    """Backend outputs -> probabilities per scoring unit (frames of 320 samples at the model's
+    ``sample_rate``, or windows for classifiers), with ``biomamba.scoring``: detect -> sigmoid per
+    frame; classify -> each window's frame logits pooled as the model pools a clip (mean, or
+    weighted by softmax of its ``attention`` output), then softmax. ``unit_s``: seconds per unit."""
 
-    def __init__(self, task: str, window_s: float):
+    def __init__(self, task: str, window_s: float, sample_rate: int):
         self.task = task
         if task == "classify":
-            frames = frames_for(window_s)
+            frames = frames_for(window_s, sample_rate)
             self.pooler = WindowPooler(frames, frames)
-            self.unit_s = frames * FRAME_S
+            self.unit_s = frames * frame_seconds(sample_rate)
         elif task == "detect":
-            self.pooler, self.unit_s = None, FRAME_S
+            self.pooler, self.unit_s = None, frame_seconds(sample_rate)
         else:
             raise ValueError(f"a {task!r} model gives no detections; use `bmamba embed`")
 
@@ -217,7 +217,8 @@ class Detector:
         self.manifest, self.config, self.reference = manifest, config, reference
         self.model_name = model_name
         self.classes = list(manifest.classes)
-        self.max_frames = frames_for(config.chunk_s)
+        self.sample_rate = manifest.sample_rate   # recordings are decoded at the model's rate
+        self.max_frames = frames_for(config.chunk_s, self.sample_rate)
         # TensorRT engines take at most the frames of their optimisation profile.
         self.max_frames = min(self.max_frames, backend.max_frames or self.max_frames)
         if config.threshold is not None:
@@ -230,7 +231,7 @@ class Detector:
         unit = "windows" if manifest.task == "classify" else "frames"   # what `Scorer` gives
         self.parity = ParityCounts(unit) if reference is not None else None
         self.stop = threading.Event()   # set (by a signal handler) to end the current recording
-        Scorer(manifest.task, config.window_s)   # fails early for an embedding model
+        Scorer(manifest.task, config.window_s, self.sample_rate)   # fails early for an embedding model
 
     def check(self) -> None:
         """Finds model and option problems once, before the first recording (ValueError, naming
@@ -242,7 +243,7 @@ class Detector:
         if bad:
             raise ValueError(f"model {self.model_name}: thresholds must be between 0 and 1: {', '.join(bad)}")
         runner = StreamRunner(self.backend.run_chunk, self.backend.initial_state(1), self.max_frames)
-        outputs = [runner.push(np.zeros(SAMPLE_RATE, np.float32)), runner.flush()]
+        outputs = [runner.push(np.zeros(self.sample_rate, np.float32)), runner.flush()]
         logits = [o["logits"] for o in outputs if "logits" in o]
         if not logits:
             raise ValueError(f"model {self.model_name}: the backend gives no 'logits' output")
@@ -298,7 +299,8 @@ class Detector:
         Events go to the file as they become final: memory does not grow with their number
         (with --parity both event lists are kept, for the F1)."""
         runner = StreamRunner(self.backend.run_chunk, self.backend.initial_state(1), self.max_frames)
-        scorer = Scorer(self.manifest.task, self.config.window_s)
+        rate = self.sample_rate
+        scorer = Scorer(self.manifest.task, self.config.window_s, rate)
         tracker = self._tracker(scorer.unit_s)
         events: list[Event] = []
 
@@ -307,7 +309,7 @@ class Detector:
         def clipped(final: list[Event]) -> list[Event]:
             # Only the zero-padded last frame reaches past the audio read so far: clip to it.
             # Classes not reported, and scores under --min-score, are left out here.
-            return [_clip(e, runner.buffer.samples_in / SAMPLE_RATE) for e in final
+            return [_clip(e, runner.buffer.samples_in / rate) for e in final
                     if e.label in self.reported and e.score >= min_score]
 
         def emit(final: list[Event]) -> None:
@@ -319,7 +321,7 @@ class Detector:
         if self.reference is not None:
             ref_runner = StreamRunner(self.reference.run_chunk, self.reference.initial_state(1), self.max_frames)
             # PyTorch's own probabilities (its pooling, its sigmoid): what the user of the model gets
-            ref_scorer = self.reference.scorer(self.manifest.task, self.config.window_s)
+            ref_scorer = self.reference.scorer(self.manifest.task, self.config.window_s, rate)
             ref_tracker, ref_events = self._tracker(scorer.unit_s), []
 
         def consume(out, ref_out, final=False):
@@ -328,7 +330,7 @@ class Detector:
                     continue
                 bad = ~np.isfinite(value).reshape(len(value), -1).all(axis=1)
                 if bad.any():   # NaN compares below every threshold: it would read as "nothing found"
-                    t = (runner.frames - len(value) + int(np.argmax(bad))) * FRAME_S
+                    t = (runner.frames - len(value) + int(np.argmax(bad))) * frame_seconds(rate)
                     raise ModelOutputError(
                         f"{path}: the model gave NaN or infinite {name!r} at {t:.1f} s; no table was "
                         f"written (the model or its backend is broken; try --backend onnxruntime or --parity)")
@@ -353,12 +355,12 @@ class Detector:
             told = len(warnings)
 
         for block in iter_audio(path, block_s=self.config.chunk_s, channel=self.config.channel,
-                                warnings=warnings):
+                                warnings=warnings, sample_rate=rate):
             if self.stop.is_set():
                 raise Interrupted
             consume(runner.push(block), self.reference and ref_runner.push(block))
             if on_audio:
-                on_audio(len(block) / SAMPLE_RATE)
+                on_audio(len(block) / rate)
             tell()
         tell()
         if self.stop.is_set():
@@ -368,7 +370,7 @@ class Detector:
         if self.reference is not None:
             ref_events.extend(clipped(ref_tracker.flush()))
             self.parity.add_events(events, ref_events)
-        return runner.buffer.samples_in / SAMPLE_RATE
+        return runner.buffer.samples_in / rate
 
 
 def _clip(e: Event, duration_s: float) -> Event:
@@ -429,19 +431,21 @@ class RunSummary:
 
 # Peak memory grows with --chunk: measured 1.3 MB per second of chunk with the shipped model
 # (peak RSS 183 MB at --chunk 60s, 898 MB at 600s, 2-core AMD EPYC, onnxruntime CPU); 1.5 leaves room.
+# It is per 16 kHz of input: a 32 kHz model has twice the samples and frames per second.
 MB_PER_CHUNK_S = 1.5
 
 
-def chunk_memory_problem(chunk_s: float, available_mb: float) -> str | None:
+def chunk_memory_problem(chunk_s: float, available_mb: float, sample_rate: int = SAMPLE_RATE) -> str | None:
     """Why --chunk cannot run in available_mb of memory, or None. An estimate for models like the
     shipped one (wider models need more); results do not depend on --chunk, so a smaller one
     loses nothing."""
-    need_mb = chunk_s * MB_PER_CHUNK_S
+    per_s = MB_PER_CHUNK_S * sample_rate / SAMPLE_RATE
+    need_mb = chunk_s * per_s
     if need_mb <= available_mb:
         return None
-    fits = max(1, int(available_mb / MB_PER_CHUNK_S))
+    fits = max(1, int(available_mb / per_s))
     return (f"--chunk {chunk_s:.0f}s needs about {need_mb / 1024:.1f} GB of memory for one chunk "
-            f"({MB_PER_CHUNK_S} MB per second of chunk) but {available_mb / 1024:.1f} GB is available; "
+            f"({per_s:g} MB per second of chunk) but {available_mb / 1024:.1f} GB is available; "
             f"use --chunk {min(fits, 600)}s or less (results do not depend on --chunk)")
 
 

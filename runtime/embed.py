@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from biomamba.audio import AudioError, iter_audio
-from biomamba.scoring import FRAME_S, SAMPLE_RATE, WindowPooler, frames_for
+from biomamba.scoring import WindowPooler, frame_seconds, frames_for
 from biomamba.streaming import StreamRunner
 
 from .writers import atomic_write_text
@@ -32,11 +32,12 @@ class EmbedResult:
     audio_s: float = 0.0
 
 
-def embed_file(backend, path: Path, *, window_s: float, hop_s: float, chunk_s: float = 30.0,
+def embed_file(backend, path: Path, *, window_s: float, hop_s: float, sample_rate: int, chunk_s: float = 30.0,
                channel: int | None = None, on_audio: Callable[[float], None] | None = None):
-    """(starts_s [k], ends_s [k], embeddings [k, D], audio seconds) of one recording."""
-    window, hop = frames_for(window_s), frames_for(hop_s)
-    runner = StreamRunner(backend.run_chunk, backend.initial_state(1), frames_for(chunk_s))
+    """(starts_s [k], ends_s [k], embeddings [k, D], audio seconds) of one recording, decoded at
+    the model's ``sample_rate``."""
+    window, hop = frames_for(window_s, sample_rate), frames_for(hop_s, sample_rate)
+    runner = StreamRunner(backend.run_chunk, backend.initial_state(1), frames_for(chunk_s, sample_rate))
     pooler = WindowPooler(window, hop)
     starts, means = [], []
 
@@ -45,32 +46,33 @@ def embed_file(backend, path: Path, *, window_s: float, hop_s: float, chunk_s: f
             starts.append(s)
             means.append(m)
 
-    for block in iter_audio(path, block_s=chunk_s, channel=channel):
+    for block in iter_audio(path, block_s=chunk_s, channel=channel, sample_rate=sample_rate):
         out = runner.push(block)
         if out:
             take(*pooler.push(out["embeddings"]))
         if on_audio:
-            on_audio(len(block) / SAMPLE_RATE)
+            on_audio(len(block) / sample_rate)
     out = runner.flush()
     if out:
         take(*pooler.push(out["embeddings"]))
     take(*pooler.flush())
-    duration = runner.buffer.samples_in / SAMPLE_RATE
+    duration = runner.buffer.samples_in / sample_rate
     if not starts:
         return np.zeros(0), np.zeros(0), np.zeros((0, 0), np.float32), duration
-    s = np.concatenate(starts) * FRAME_S
-    return s, np.minimum(s + window * FRAME_S, duration), np.concatenate(means), duration
+    s = np.concatenate(starts) * frame_seconds(sample_rate)
+    return s, np.minimum(s + window * frame_seconds(sample_rate), duration), np.concatenate(means), duration
 
 
-def embed_files(backend, files: Iterable[Path], *, window_s: float, hop_s: float, chunk_s: float = 30.0,
-                channel: int | None = None, on_file_start=None, on_audio=None) -> EmbedResult:
+def embed_files(backend, files: Iterable[Path], *, window_s: float, hop_s: float, sample_rate: int,
+                chunk_s: float = 30.0, channel: int | None = None, on_file_start=None, on_audio=None) -> EmbedResult:
     result = EmbedResult()
     for path in files:
         if on_file_start:
             on_file_start(path)
         try:
             starts, ends, vecs, duration = embed_file(backend, path, window_s=window_s, hop_s=hop_s,
-                                                      chunk_s=chunk_s, channel=channel, on_audio=on_audio)
+                                                      sample_rate=sample_rate, chunk_s=chunk_s, channel=channel,
+                                                      on_audio=on_audio)
         except AudioError as e:
             result.failures.append((path, str(e)))
             continue

@@ -25,7 +25,7 @@ from typing import Any
 
 from biomamba.checkpoint import file_sha256, read_json
 from biomamba.presets import LIMITS
-from biomamba.streaming import CONTEXT, HOP, SAMPLE_RATE
+from biomamba.streaming import CONTEXT, HOP, check_sample_rate
 
 FORMAT = "bmamba-export"
 FORMAT_VERSION = 1
@@ -249,9 +249,13 @@ def _parse(path: Path, d: dict) -> Manifest:
 
     sample_rate = whole("sample_rate", 1, 10**7)
     hop, context = whole("hop", 1, 10**6), whole("context", 0, 10**6)
-    if (sample_rate, hop, context) != (SAMPLE_RATE, HOP, CONTEXT):
-        raise bad(f"sample_rate/hop/context are {sample_rate}/{hop}/{context}; this runtime reads "
-                  f"{SAMPLE_RATE} Hz audio with a {HOP}-sample hop and {CONTEXT} samples of context")
+    if (hop, context) != (HOP, CONTEXT):
+        raise bad(f"hop/context are {hop}/{context}; this runtime's models have a {HOP}-sample hop "
+                  f"and {CONTEXT} samples of context")
+    try:
+        check_sample_rate(sample_rate)
+    except ValueError as e:
+        raise bad(str(e)) from None
     classes = names("classes")
     if len(classes) > MAX_CLASSES:
         raise bad(f"{len(classes)} classes, more than the {MAX_CLASSES} accepted")

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from biomamba.data.layout import BACKGROUND_CLASS
+from biomamba.streaming import SAMPLE_RATE, check_sample_rate
 
 from .manifest import MANIFEST, ManifestError, read_manifest
 
@@ -52,12 +53,14 @@ def demonstration_note(folder: Path) -> str | None:
     return note if isinstance(note, str) and note.strip() else "a demonstration model"
 
 
-def model_line(name: str, folder: Path, task: str, classes, reported) -> str:
-    """The one line `bmamba detect` starts with: which model, its classes, what is reported, and,
-    for a demonstration model, that its detections are not field-grade."""
+def model_line(name: str, folder: Path, task: str, classes, reported, sample_rate: int = SAMPLE_RATE) -> str:
+    """The one line `bmamba detect` starts with: which model, its classes, its input rate when not
+    16 kHz, what is reported, and, for a demonstration model, that its detections are not field-grade."""
     classes = list(classes)
     builtin = builtin_models().get(name) == folder
     parts = [f"model {name} ({'built-in' if builtin else folder}): {task}, {len(classes)} classes"]
+    if sample_rate != SAMPLE_RATE:
+        parts.append(f"reads audio at {sample_rate / 1000:g} kHz (hears up to {sample_rate / 2000:g} kHz)")
     hidden = [c for c in classes if c not in reported]
     if hidden:
         parts.append(f"reporting {len(reported)} of {len(classes)} classes"
@@ -98,6 +101,7 @@ class CheckpointModel:
     classes: tuple[str, ...]
     thresholds: dict[str, float]
     source_sha256: str
+    sample_rate: int = SAMPLE_RATE
     variant: str = "checkpoint"
     precision: str = "fp32"
     folder: Path | None = None
@@ -122,8 +126,12 @@ def describe_model(path: str | os.PathLike | None, backend: str):
         except CheckpointError as e:
             raise ManifestError(e.path, e.reason) from None
         classes = tuple(cfg.get("classes", ()))
+        try:
+            rate = check_sample_rate(cfg.get("sample_rate", SAMPLE_RATE))
+        except ValueError as e:
+            raise ManifestError(folder / "config.json", str(e)) from None
         return CheckpointModel(cfg.get("task", "detect"), classes, {c: 0.5 for c in classes},
-                               file_sha256(folder / WEIGHTS), folder=folder), folder, name
+                               file_sha256(folder / WEIGHTS), rate, folder=folder), folder, name
     hint = " (a training checkpoint: export it with `bmamba export`, or use --backend torch)" \
         if config.is_file() else ""
     raise ManifestError(folder, f"not an exported bmamba model (no {MANIFEST}){hint}")

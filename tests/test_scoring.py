@@ -102,8 +102,10 @@ def test_sigmoid_and_softmax_do_not_overflow():
 
 
 def test_frames_for():
-    assert [frames_for(s) for s in (3.0, 0.2, 0.01, 0.0, 30.0, 7.3)] == [150, 10, 1, 1, 1500, 365]
-    assert frames_for(0.03) == round(0.03 * 16000 / 320)
+    assert [frames_for(s, 16000) for s in (3.0, 0.2, 0.01, 0.0, 30.0, 7.3)] == [150, 10, 1, 1, 1500, 365]
+    assert frames_for(0.03, 16000) == round(0.03 * 16000 / 320)
+    # a 32 kHz model's frames last 10 ms: twice as many in the same seconds
+    assert [frames_for(s, 32000) for s in (3.0, 0.01, 30.0)] == [300, 1, 3000]
 
 
 @pytest.fixture(scope="module")

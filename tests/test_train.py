@@ -158,8 +158,8 @@ def test_augmentation_options_reach_the_training_windows(tmp_path, monkeypatch):
     seen = []
     original = T.build_datasets
 
-    def spy(cfg, task):
-        train_ds, valid_ds, classes, notes = original(cfg, task)
+    def spy(cfg, task, sample_rate):
+        train_ds, valid_ds, classes, notes = original(cfg, task, sample_rate)
         seen.append((train_ds, valid_ds))
         return train_ds, valid_ds, classes, notes
 

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..audio import SAMPLE_RATE, audio_info, read_audio
-from ..streaming import HOP
+from ..streaming import HOP, check_sample_rate, frame_seconds
 from .annotations import (
     Annotation,
     find_annotation_table,
@@ -35,8 +35,8 @@ from .layout import (
 from .windows import class_index, events_by_window, frame_targets, window_starts, window_targets
 
 
-def _samples(seconds: float) -> int:
-    return int(round(seconds * SAMPLE_RATE))
+def _samples(seconds: float, sample_rate: int) -> int:
+    return int(round(seconds * sample_rate))
 
 
 def _fit(audio: np.ndarray, n: int) -> np.ndarray:
@@ -70,10 +70,11 @@ def _apply_gain(audio: np.ndarray, gain_db: tuple[float, float] | None, rng: np.
 class BackgroundMixer:
     """Training augmentation: with probability `prob`, add a random piece of a random background
     recording (tiled when shorter) at an SNR drawn from `snr_db` (lo, hi) dB. Backgrounds are read
-    only for the piece needed."""
+    only for the piece needed, at ``sample_rate`` (the model's)."""
 
     def __init__(self, backgrounds: Sequence[str | Path] = (), snr_db: tuple[float, float] = (0.0, 20.0),
-                 prob: float = 0.5):
+                 prob: float = 0.5, sample_rate: int = SAMPLE_RATE):
+        self.sample_rate = sample_rate
         self.backgrounds = [Path(b) for b in backgrounds]
         self.snr_db, self.prob = tuple(snr_db), prob
         self._duration = _Durations()
@@ -81,11 +82,12 @@ class BackgroundMixer:
     def _piece(self, n: int, rng: np.random.Generator) -> np.ndarray:
         path = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
         duration = self._duration(path)
-        want_s = n / SAMPLE_RATE
+        want_s = n / self.sample_rate
         if duration > want_s:
-            noise = read_audio(path, offset_s=rng.uniform(0.0, duration - want_s), duration_s=want_s)
+            noise = read_audio(path, offset_s=rng.uniform(0.0, duration - want_s), duration_s=want_s,
+                               sample_rate=self.sample_rate)
         else:
-            noise = read_audio(path)
+            noise = read_audio(path, sample_rate=self.sample_rate)
         if len(noise) == 0:
             return np.zeros(n, dtype=np.float32)
         return np.resize(noise, n).astype(np.float32)  # np.resize tiles a short piece
@@ -104,7 +106,7 @@ class BackgroundMixer:
 
 
 class ClassificationDataset(Dataset):
-    """Clips with one label each. Items: (audio float32 tensor [S] at 16 kHz, class index int).
+    """Clips with one label each. Items: (audio float32 tensor [S] at ``sample_rate``, class index int).
 
     source: a folder with one subfolder of recordings per class (`root/<label>/*.wav`, searched
     recursively; `layout.class_folder_items`: BirdNET-Analyzer's non-event folders `noise`,
@@ -135,7 +137,9 @@ class ClassificationDataset(Dataset):
         background_prob: float = 0.5,
         channel: int | None = None,
         seed: int = 0,
+        sample_rate: int = SAMPLE_RATE,
     ):
+        self.sample_rate = check_sample_rate(sample_rate)   # the model's: audio is decoded at it
         items = self._load(source)
         if not items:
             raise ValueError(f"{source}: no recordings found")
@@ -154,7 +158,7 @@ class ClassificationDataset(Dataset):
         self.crop_s = crop_s
         self.train = train
         self.gain_db = gain_db
-        self.mix = BackgroundMixer(backgrounds, snr_db, background_prob)
+        self.mix = BackgroundMixer(backgrounds, snr_db, background_prob, self.sample_rate)
         self.channel = channel
         self.seed = seed
         self.epoch = 0
@@ -184,15 +188,16 @@ class ClassificationDataset(Dataset):
         return len(self.items)
 
     def _crop(self, path: Path, rng: np.random.Generator) -> np.ndarray:
+        rate = self.sample_rate
         if self.crop_s is None:
-            return read_audio(path, channel=self.channel)
+            return read_audio(path, channel=self.channel, sample_rate=rate)
         duration = self._duration(path)
-        n = _samples(self.crop_s)
+        n = _samples(self.crop_s, rate)
         if duration <= self.crop_s:
-            return _fit(read_audio(path, channel=self.channel), n)
+            return _fit(read_audio(path, channel=self.channel, sample_rate=rate), n)
         spare = duration - self.crop_s
         offset = rng.uniform(0.0, spare) if self.train else spare / 2
-        audio = read_audio(path, channel=self.channel, offset_s=offset, duration_s=self.crop_s)
+        audio = read_audio(path, channel=self.channel, offset_s=offset, duration_s=self.crop_s, sample_rate=rate)
         return _fit(audio, n)  # MP3 headers may overstate the length by a few samples
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -238,8 +243,8 @@ class DetectionDataset(Dataset):
     """Fixed windows of annotated recordings, BEANS style.
 
     Items: (audio float32 [S], frame targets float32 [T, C], window target float32 [C]) with
-    S = window_s * 16 kHz, T = ceil(S / 320) model frames (frame t covers
-    [start + 0.02 t, start + 0.02 (t + 1)) s, labelled by `frame_targets`), the window target
+    S = window_s * sample_rate (the model's), T = ceil(S / 320) model frames (frame t covers
+    [start + f t, start + f (t + 1)) s, f = 320 / sample_rate, labelled by `frame_targets`), the window target
     by BEANS's rule (`window_targets`). Windows per recording follow `window_starts` (BEANS:
     int((length - window) / hop) + 1); a window reaching past the end of the audio is
     zero-padded.
@@ -270,7 +275,9 @@ class DetectionDataset(Dataset):
         background_prob: float = 0.5,
         channel: int | None = None,
         seed: int = 0,
+        sample_rate: int = SAMPLE_RATE,
     ):
+        self.sample_rate = check_sample_rate(sample_rate)   # the model's: audio is decoded at it
         source = Path(source)
         check_detection_source(source)  # a CSV, or a folder without tables: say what to do
         self.skipped: list[Path] = []
@@ -307,7 +314,7 @@ class DetectionDataset(Dataset):
             raise ValueError(f"{source}: no window of {window_s} s fits any recording")
         self.train = train
         self.gain_db = gain_db
-        self.mix = BackgroundMixer(backgrounds, snr_db, background_prob)
+        self.mix = BackgroundMixer(backgrounds, snr_db, background_prob, self.sample_rate)
         self.channel = channel
         self.seed = seed
         self.epoch = 0
@@ -337,26 +344,25 @@ class DetectionDataset(Dataset):
     @property
     def n_frames(self) -> int:
         """Model frames per window: ceil(window samples / 320)."""
-        return -(-_samples(self.window_s) // HOP)
+        return -(-_samples(self.window_s, self.sample_rate) // HOP)
 
     def _read(self, window: DetectionWindow) -> np.ndarray:
-        n = _samples(self.window_s)
+        n = _samples(self.window_s, self.sample_rate)
         # The listed length may differ a little from the decoded audio (BEANS lists lengths
         # of its resampled copies): read only what the file holds, pad the rest.
         available = min(self._duration(window.path), window.length_s) - window.start_s
-        if available * SAMPLE_RATE < 1:
+        if available * self.sample_rate < 1:
             return np.zeros(n, dtype=np.float32)
         audio = read_audio(
             window.path, channel=self.channel, offset_s=window.start_s,
-            duration_s=min(self.window_s, available),
+            duration_s=min(self.window_s, available), sample_rate=self.sample_rate,
         )
         return _fit(audio, n)
 
-    @staticmethod
-    def _reach_s(window_s: float) -> float:
+    def _reach_s(self, window_s: float) -> float:
         """How far past a window's start its targets look: the window, or its frames when
-        ceil(window / 20 ms) frames reach a little further."""
-        return max(window_s, -(-_samples(window_s) // HOP) * HOP / SAMPLE_RATE)
+        ceil(window / frame) frames reach a little further."""
+        return max(window_s, -(-_samples(window_s, self.sample_rate) // HOP) * frame_seconds(self.sample_rate))
 
     def window_annotations(self, index: int) -> list[Annotation]:
         """The annotations that overlap window ``index`` (from the time index, not a scan)."""
@@ -368,7 +374,7 @@ class DetectionDataset(Dataset):
         w = self.windows[index]
         events = self.window_annotations(index)
         frames = frame_targets(events, self.n_frames, self.classes, offset_s=w.start_s,
-                               unknown_label=self.unknown_label)
+                               frame_s=frame_seconds(self.sample_rate), unknown_label=self.unknown_label)
         window = window_targets(events, np.array([w.start_s]), self.window_s, self.classes,
                                 unknown_label=self.unknown_label)[0]
         return frames, window

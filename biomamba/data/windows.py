@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..streaming import FRAME_S  # the model's hop: 320 samples at 16 kHz (0.02 s)
+from ..streaming import SAMPLE_RATE, frame_seconds
 
 
 def window_starts(length_s: float, window_s: float, hop_s: float) -> np.ndarray:
@@ -80,12 +80,12 @@ def frame_targets(
     annotations: Iterable[Any],
     n_frames: int,
     classes: Sequence[str],
-    frame_s: float = FRAME_S,
+    frame_s: float = frame_seconds(SAMPLE_RATE),   # the model's frame: 0.02 s at 16 kHz
     *,
     offset_s: float = 0.0,
     unknown_label: str | None = None,
 ) -> np.ndarray:
-    """Frame labels [n_frames, n_classes] float32 (0/1) for the model's 20 ms frames.
+    """Frame labels [n_frames, n_classes] float32 (0/1) for the model's frames of ``frame_s``.
 
     Frame t covers [offset_s + t * frame_s, offset_s + (t + 1) * frame_s) (`offset_s`: where the
     first frame starts in the recording, e.g. a window's start). Rule: a frame is positive for

@@ -53,6 +53,7 @@ from ..metrics import (
     plot_precision_recall,
     prf_from_counts,
 )
+from ..streaming import frame_seconds
 from .devices import Distributed, select_amp, select_device
 from .loop import Run
 
@@ -213,14 +214,14 @@ def detection_scores(scores: np.ndarray, targets: np.ndarray, classes: Sequence[
 
 
 def recording_probabilities(model, path: Path, chunk_s: float = 30.0) -> np.ndarray:
-    """Frame probabilities [T, C] of a whole recording: streamed with carried state (BioMamba),
-    or in one pass (a model that cannot stream)."""
+    """Frame probabilities [T, C] of a whole recording decoded at the model's rate: streamed with
+    carried state (BioMamba), or in one pass (a model that cannot stream)."""
     if hasattr(model, "stream"):
         stream = model.stream(max_chunk_s=chunk_s)
-        parts = [stream.push(block) for block in iter_audio(path, block_s=chunk_s)]
+        parts = [stream.push(block) for block in iter_audio(path, block_s=chunk_s, sample_rate=model.sample_rate)]
         parts.append(stream.flush())
         return np.concatenate(parts)
-    return model.predict(read_audio(path))
+    return model.predict(read_audio(path, sample_rate=model.sample_rate))
 
 
 def event_scores(model, recordings, classes: Sequence[str], *, unknown_label: str | None,
@@ -232,7 +233,7 @@ def event_scores(model, recordings, classes: Sequence[str], *, unknown_label: st
     counts = {name: [0, 0, 0] for name in classes}
     for path, _length, events in recordings:
         probs = recording_probabilities(model, path)
-        predicted = detect_events(probs, list(classes), threshold=threshold,
+        predicted = detect_events(probs, list(classes), frame_s=frame_seconds(model.sample_rate), threshold=threshold,
                                   min_duration_s=min_duration_s, merge_gap_s=merge_gap_s)
         reference = [(a.start_s, a.end_s, classes[class_index(classes, a.label, unknown_label)])
                      for a in events]
@@ -294,12 +295,13 @@ def evaluate(
     if split is not None and model.task != "classify":
         raise ValueError(f"--split {split!r}: selects rows of a classification CSV, not of detection data")
     result: dict = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "task": model.task,
-                    "architecture": model.architecture, "classes": classes}
+                    "architecture": model.architecture, "sample_rate": model.sample_rate, "classes": classes}
     if model.task == "classify":
         items, bad = classification_items(Path(data), split)
         if not items:
             raise ValueError(f"{data}: no readable recordings ({len(bad)} unreadable)")
-        dataset = ClassificationDataset(items, classes=classes, unknown_label=unknown_label, crop_s=crop_s)
+        dataset = ClassificationDataset(items, classes=classes, unknown_label=unknown_label, crop_s=crop_s,
+                                        sample_rate=model.sample_rate)
         if dataset.classes != classes:
             raise ValueError(f"{data}: labels outside the model's classes {classes} "
                              "(pass --unknown-label to map them to one class)")
@@ -313,7 +315,8 @@ def evaluate(
         window_s = window_s or trained.get("window_s") or 2.0
         hop_s = hop_s or trained.get("hop_s") or 1.0
         dataset = CheckedDetectionDataset(Path(data), window_s=window_s, hop_s=hop_s, classes=classes,
-                                          unknown_label=unknown_label, label_column=label_column)
+                                          unknown_label=unknown_label, label_column=label_column,
+                                          sample_rate=model.sample_rate)
         if dataset.classes != classes:
             raise ValueError(f"{data}: labels outside the model's classes {classes} "
                              "(pass --unknown-label to map them to one class)")

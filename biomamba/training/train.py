@@ -11,7 +11,9 @@
 
 Models start from a preset (random init) or from ``init``, any bmamba checkpoint (a pre-training
 run's encoder included): its encoder weights are loaded and, when the task or classes differ, a
-new head is made. The convolutional front end is frozen by default (as in the paper, and as
+new head is made. The model reads audio at ``sample_rate`` (16 kHz by default; 32 kHz hears to
+16 kHz, see `biomamba.streaming.check_sample_rate`); a model from ``init`` keeps the checkpoint's
+rate, and every dataset decodes at the model's rate. The convolutional front end is frozen by default (as in the paper, and as
 wav2vec2/HuBERT fine-tuning freeze their feature encoder): its conv layers get no gradient and
 stay in eval mode; the projection to d_model (LayerNorm + Linear) still trains.
 
@@ -40,9 +42,10 @@ from torch.utils.data import DataLoader, Dataset
 from ..audio import SAMPLE_RATE
 from ..checkpoint import load_weights
 from ..data import ClassificationDataset, collate_padded
-from ..loading import ARCHITECTURES, BEST, LAST, architecture, model_from_init
+from ..loading import ARCHITECTURES, BEST, LAST, architecture, init_sample_rate, model_from_init
 from ..model import AudioModel, BioMamba
 from ..presets import PRESETS
+from ..streaming import check_sample_rate
 from .devices import (
     AMP_CHOICES,
     amp_name,
@@ -77,7 +80,7 @@ LR_SCHEDULES = ("constant", "linear")
 # args.json keys that must not change when a run is resumed
 RESUME_KEYS = ("data", "task", "preset", "architecture", "batch_size", "seed", "crop_s", "window_s",
                "hop_s", "valid", "valid_fraction", "pooling", "freeze_frontend", "split", "valid_split",
-               "lr_schedule")
+               "lr_schedule", "sample_rate")
 
 
 @dataclass
@@ -94,6 +97,7 @@ class TrainConfig:
     preset: str = "base"
     architecture: str | None = None      # None: biomamba, or the init checkpoint's
     init: Path | None = None
+    sample_rate: int | None = None       # None: 16 kHz, or the init checkpoint's
     freeze_frontend: bool = True
     pooling: str = "mean"
     epochs: int = 50                     # BEANS
@@ -184,11 +188,12 @@ def split_detection(dataset: CheckedDetectionDataset, fraction: float, seed: int
     return train, valid
 
 
-def build_datasets(cfg: TrainConfig, task: str):
-    """(train dataset, valid dataset or None, classes, notes) for a config."""
+def build_datasets(cfg: TrainConfig, task: str, sample_rate: int = SAMPLE_RATE):
+    """(train dataset, valid dataset or None, classes, notes) for a config; audio at ``sample_rate``."""
     notes = []
     augment = dict(gain_db=cfg.gain_db, backgrounds=list(cfg.backgrounds), snr_db=cfg.background_snr_db,
-                   background_prob=cfg.background_prob)   # used by training datasets only (train=True)
+                   background_prob=cfg.background_prob,   # used by training datasets only (train=True)
+                   sample_rate=sample_rate)
     if task == "classify":
         items, bad = classification_items(Path(cfg.data), cfg.split)
         notes += [f"skipped unreadable {p}: {r}" for p, r in bad]
@@ -236,11 +241,12 @@ def build_datasets(cfg: TrainConfig, task: str):
 # --------------------------------------------------------------------------- model
 
 
-def build_model(cfg: TrainConfig, task: str, classes: list[str]) -> AudioModel:
+def build_model(cfg: TrainConfig, task: str, classes: list[str], sample_rate: int = SAMPLE_RATE) -> AudioModel:
     if cfg.init is not None:
         return model_from_init(cfg.init, task, classes, cfg.pooling, cfg.architecture)
     model_class = architecture(cfg.architecture or BioMamba.architecture)
-    return model_class.from_preset(cfg.preset, task=task, classes=classes, pooling=cfg.pooling)
+    return model_class.from_preset(cfg.preset, task=task, classes=classes, pooling=cfg.pooling,
+                                   sample_rate=sample_rate)
 
 
 def freeze_frontend(model: AudioModel) -> None:
@@ -278,6 +284,11 @@ def check_options(cfg: TrainConfig) -> None:
     check_choice("--amp", cfg.amp, AMP_CHOICES)
     check_choice("--preset", cfg.preset, tuple(PRESETS))
     check_choice("--lr-schedule", cfg.lr_schedule, LR_SCHEDULES)
+    if cfg.sample_rate is not None:
+        try:
+            check_sample_rate(cfg.sample_rate)
+        except ValueError as e:
+            raise ValueError(f"--sample-rate: {e}") from None
     if cfg.accumulate < 1 or cfg.max_skipped_steps < 0:
         raise ValueError("--accumulate must be >= 1 and --max-skipped-steps >= 0")
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
@@ -299,14 +310,15 @@ def train(cfg: TrainConfig) -> dict:
     try:
         run = Run(device, select_amp(cfg.amp, device), dist)
         task = cfg.task or infer_task(cfg.data)
-        args = {**asdict(cfg), "task": task}
+        rate = init_sample_rate(cfg.init, cfg.sample_rate)
+        args = {**asdict(cfg), "task": task, "sample_rate": rate}
         # a linear decay ends at the planned last step: a resumed run must plan the same one
         keys = RESUME_KEYS + (("epochs", "max_steps") if cfg.lr_schedule == "linear" else ())
         prepare_out(cfg.out, cfg.resume, args, dist, keys)
-        train_set, valid_set, classes, notes = build_datasets(cfg, task)
+        train_set, valid_set, classes, notes = build_datasets(cfg, task, rate)
         report_skipped(dist, notes)
         seed_everything(cfg.seed)
-        model = build_model(cfg, task, classes).to(device)
+        model = build_model(cfg, task, classes, rate).to(device)
         if cfg.freeze_frontend:
             freeze_frontend(model)
         optimizer = torch.optim.Adam(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -355,7 +367,7 @@ def train(cfg: TrainConfig) -> dict:
         state = fit(run, loop, model, optimizer, scheduler, train_set, collate_padded,
                        classification_loss if task == "classify" else detection_loss,
                        save, load, validate, train_mode,
-                       items_per_batch=lambda b: float(b["lengths"].sum()) / SAMPLE_RATE)
+                       items_per_batch=lambda b: float(b["lengths"].sum()) / rate)
         return {"out": str(cfg.out), "last": str(cfg.out / LAST),
                 "best": str(cfg.out / BEST) if state.best_epoch else None,
                 "metric": metric, "best_metric": state.best_metric, "best_epoch": state.best_epoch,

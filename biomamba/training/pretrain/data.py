@@ -29,7 +29,9 @@ class PretrainDataset(Dataset):
     """
 
     def __init__(self, files: Sequence[Path], label_files: Sequence[Path] | None, crop_s: float, seed: int = 0,
-                 min_crop_s: float | None = None, frames: Sequence[int] | None = None):
+                 min_crop_s: float | None = None, frames: Sequence[int] | None = None,
+                 sample_rate: int = SAMPLE_RATE):
+        self.sample_rate = rate = sample_rate   # the model's: recordings are decoded at it
         self.files = list(files)
         self.label_files = None if label_files is None else list(label_files)
         if self.label_files is not None:
@@ -38,8 +40,8 @@ class PretrainDataset(Dataset):
             raise ValueError("PretrainDataset needs a label file or a frame count per recording")
         self.frames = [int(n) for n in frames]
         self.durations = [audio_info(f).duration_s for f in self.files]
-        self.crop = max(1, int(round(crop_s * SAMPLE_RATE / HOP)))
-        self.min_crop = self.crop if min_crop_s is None else max(1, int(round(min_crop_s * SAMPLE_RATE / HOP)))
+        self.crop = max(1, int(round(crop_s * rate / HOP)))
+        self.min_crop = self.crop if min_crop_s is None else max(1, int(round(min_crop_s * rate / HOP)))
         if self.min_crop > self.crop:
             raise ValueError(f"the shortest crop ({min_crop_s} s) is longer than the crop ({crop_s} s)")
         self.items = [i for i, n in enumerate(self.frames) for _ in range(max(1, n // self.crop))]
@@ -59,9 +61,10 @@ class PretrainDataset(Dataset):
         n = min(total, length)
         start = int(rng.integers(0, total - n + 1))
         begin, end = start * HOP - CONTEXT, (start + n) * HOP
-        offset = max(begin, 0) / SAMPLE_RATE
-        duration = None if end / SAMPLE_RATE >= self.durations[f] else end / SAMPLE_RATE - offset
-        audio = read_audio(self.files[f], offset_s=offset, duration_s=duration)[: end - max(begin, 0)]
+        rate = self.sample_rate
+        offset = max(begin, 0) / rate
+        duration = None if end / rate >= self.durations[f] else end / rate - offset
+        audio = read_audio(self.files[f], offset_s=offset, duration_s=duration, sample_rate=rate)[: end - max(begin, 0)]
         out = np.zeros(CONTEXT + n * HOP, np.float32)
         out[max(0, -begin) : max(0, -begin) + len(audio)] = audio
         if self.label_files is None:

@@ -21,18 +21,18 @@ from ..kmeans import assign, fit_kmeans, load_centroids, save_centroids
 from ..mfcc import FRAME_LENGTH, FRAME_SHIFT, compute_deltas, mfcc_13
 
 
-def _padded_blocks(path: Path, block_s: float) -> Iterator[np.ndarray]:
-    """The recording with the model's 80 zeros of left context in front, in blocks."""
+def _padded_blocks(path: Path, block_s: float, sample_rate: int) -> Iterator[np.ndarray]:
+    """The recording at the model's rate with its 80 zeros of left context in front, in blocks."""
     yield np.zeros(CONTEXT, np.float32)
-    yield from iter_audio(path, block_s=block_s)
+    yield from iter_audio(path, block_s=block_s, sample_rate=sample_rate)
 
 
-def _ceps_blocks(path: Path, block_s: float) -> Iterator[tuple[torch.Tensor, int]]:
+def _ceps_blocks(path: Path, block_s: float, sample_rate: int) -> Iterator[tuple[torch.Tensor, int]]:
     """(13-d Kaldi MFCC blocks [n, 13] at 100 Hz of the context-padded recording, total samples).
     MFCC frame j reads padded samples [160 j, 160 j + 400); frames are independent, so blocks
     concatenated equal `mfcc_13` of the whole. The sample count comes with the last block."""
     buffer, samples = np.zeros(0, np.float32), -CONTEXT
-    for block in _padded_blocks(path, block_s):
+    for block in _padded_blocks(path, block_s, sample_rate):
         samples += len(block)
         buffer = np.concatenate([buffer, block])
         if len(buffer) < FRAME_LENGTH:
@@ -50,11 +50,15 @@ def _with_deltas(ceps: torch.Tensor) -> torch.Tensor:
     return torch.cat([c, d, compute_deltas(d)], dim=0).T
 
 
-def mfcc_features(path: str | Path, block_s: float = 30.0) -> Iterator[np.ndarray]:
+def mfcc_features(path: str | Path, block_s: float = 30.0, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
     """HuBERT's phase-1 features of a recording, one 39-d row per model frame, in blocks
     [n, 39] float32; concatenated they equal `biomamba.training.mfcc.mfcc_model_frames` of the whole
     recording, with flat memory. Deltas need 4 frames either side (two passes of +-2), so each
-    block keeps 4 frames of context and emits a frame once 4 frames follow it."""
+    block keeps 4 frames of context and emits a frame once 4 frames follow it.
+
+    The recording is decoded at the model's ``sample_rate``; the MFCC counts samples (400-sample
+    windows, 160-sample shift, two per model frame), so at 32 kHz it is the MFCC of the recording
+    played at half speed: its mel bands reach 16 kHz instead of 8."""
     held, n_context, emitted_100hz = None, 0, 0
     picked = 0
     last_row = None
@@ -69,7 +73,7 @@ def mfcc_features(path: str | Path, block_s: float = 30.0) -> Iterator[np.ndarra
             last_row = rows[-1]
         return rows
 
-    for ceps, samples in _ceps_blocks(Path(path), block_s):
+    for ceps, samples in _ceps_blocks(Path(path), block_s, sample_rate):
         if samples >= 0:  # end of the recording: emit the rest, then pad to the model's frames
             if held is not None and len(held) > n_context:
                 rows = pick(_with_deltas(held)[n_context:])
@@ -110,13 +114,15 @@ def layer_features(model: AudioModel, layer: int, path: str | Path, chunk_s: flo
     """Output of ``layer`` (1-based) of a model, RMS-normalised per frame, one row per model
     frame, in blocks [n, D] float32. A causal BioMamba runs streaming with carried state (equal to
     a whole run); a model that sees both directions (the bidirectional teacher, the Transformer)
-    runs on pieces of ``chunk_s`` seconds each seen whole (a whole number of 20 ms frames)."""
+    runs on pieces of ``chunk_s`` seconds each seen whole (a whole number of frames). The recording
+    is decoded at the model's rate."""
     model.eval()
     device = next(model.parameters()).device
+    rate = model.sample_rate
     if not isinstance(model, BioMamba):
-        if round(chunk_s * SAMPLE_RATE) % HOP:
-            raise ValueError(f"chunk_s {chunk_s} is not a whole number of 20 ms frames")
-        for block in iter_audio(path, block_s=chunk_s):
+        if round(chunk_s * rate) % HOP:
+            raise ValueError(f"chunk_s {chunk_s} is not a whole number of {HOP}-sample frames at {rate} Hz")
+        for block in iter_audio(path, block_s=chunk_s, sample_rate=rate):
             frames = model.frontend(pad_for_frontend(torch.from_numpy(block).to(device)[None]))
             _, outputs = model.encode_layers(frames)
             yield _rms_normalise(outputs[layer - 1][0].float().cpu().numpy())
@@ -127,8 +133,8 @@ def layer_features(model: AudioModel, layer: int, path: str | Path, chunk_s: flo
         _, state, outputs = model.encode_with_state(frames, state, return_layers=True)
         return {"layer": outputs[layer - 1].float().cpu().numpy()}, state
 
-    runner = StreamRunner(run_chunk, None, frames_for(chunk_s))
-    for piece in iter_audio(path, block_s=chunk_s):
+    runner = StreamRunner(run_chunk, None, frames_for(chunk_s, rate))
+    for piece in iter_audio(path, block_s=chunk_s, sample_rate=rate):
         out = runner.push(piece)
         if len(out.get("layer", ())):
             yield _rms_normalise(out["layer"])

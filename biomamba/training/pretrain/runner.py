@@ -3,6 +3,7 @@ labels, the model and the data and hands them to the training loop. See `biomamb
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
@@ -13,13 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...audio import SAMPLE_RATE, AudioError, audio_info, find_audio
+from ...audio import AudioError, audio_info, find_audio
 from ...bidirectional import BidirectionalBioMamba
 from ...checkpoint import load_weights
-from ...loading import LAST, load_model_from, model_from_init
+from ...loading import LAST, init_sample_rate, load_model_from, model_from_init
 from ...model import AudioModel, BioMamba
 from ...presets import PRESETS
-from ...streaming import HOP
+from ...streaming import HOP, check_sample_rate
 from ...transformer import TransformerBaseline
 from ..devices import (
     AMP_CHOICES,
@@ -69,6 +70,7 @@ class PretrainConfig:
     future_weight: float = 1.0
     delay: int | None = None             # frames; default DEFAULT_DELAY_FRAMES for recipe "delayed", else 0
     preset: str = "base"
+    sample_rate: int | None = None       # None: 16 kHz, or the init checkpoint's
     mask_prob: float = 0.8
     mask_length: int = 10
     min_masks: int = 2
@@ -100,7 +102,8 @@ class PretrainConfig:
 
 
 RESUME_KEYS = ("audio", "phase", "clusters", "init", "labels_from", "layer", "recipe", "architecture", "future_frames",
-               "delay", "preset", "mask_prob", "mask_length", "crop_s", "min_crop_s", "batch_size", "seed", "steps")
+               "delay", "preset", "mask_prob", "mask_length", "crop_s", "min_crop_s", "batch_size", "seed", "steps",
+               "sample_rate")
 
 
 def _weights_digest(model: nn.Module) -> str:
@@ -111,7 +114,7 @@ def _weights_digest(model: nn.Module) -> str:
     return h.hexdigest()[:12]
 
 
-def _readable(inputs: Sequence, notes: list[str]) -> tuple[list[Path], list[float]]:
+def _readable(inputs: Sequence, notes: list[str], sample_rate: int) -> tuple[list[Path], list[float]]:
     """(recordings that can be read, their durations in s); problems go into ``notes``."""
     files, problems = find_audio([str(i) for i in inputs])
     notes += [f"{i}: {r}" for i, r in problems]
@@ -119,7 +122,7 @@ def _readable(inputs: Sequence, notes: list[str]) -> tuple[list[Path], list[floa
     for f in files:
         try:
             info = audio_info(f)
-            if info.duration_s * SAMPLE_RATE < FRAME_LENGTH:
+            if info.duration_s * sample_rate < FRAME_LENGTH:
                 raise AudioError(f, "shorter than 25 ms")
             good.append(f)
             durations.append(info.duration_s)
@@ -133,13 +136,18 @@ def _phase1_model(cfg: PretrainConfig, device: torch.device) -> AudioModel:
     source = cfg.labels_from or cfg.init
     if source is None:
         raise ValueError("phase 2 needs the phase-1 model: pass --init (or --labels-from)")
-    return load_model_from(source, device).eval().requires_grad_(False)
+    model = load_model_from(source, device).eval().requires_grad_(False)
+    rate = init_sample_rate(cfg.init, cfg.sample_rate)
+    if model.sample_rate != rate:   # its labels or targets would be of other sounds
+        raise ValueError(f"--labels-from {source} reads {model.sample_rate} Hz audio, the model being "
+                         f"trained {rate} Hz; use a label model of the same rate")
+    return model
 
 
-def _label_source(cfg: PretrainConfig, device: torch.device):
+def _label_source(cfg: PretrainConfig, device: torch.device, sample_rate: int):
     """(name, features(path) callable, label layer or None) for the phase."""
     if cfg.phase == 1:
-        return "mfcc", mfcc_features, None
+        return "mfcc", functools.partial(mfcc_features, sample_rate=sample_rate), None
     model = _phase1_model(cfg, device)
     n = len(model.layers)
     layer = cfg.layer if cfg.layer is not None else max(1, n // 2)
@@ -152,7 +160,7 @@ def _label_source(cfg: PretrainConfig, device: torch.device):
     return f"{model.architecture}-layer{layer}-{_weights_digest(model)}", features, layer
 
 
-def _build_encoder(cfg: PretrainConfig) -> AudioModel:
+def _build_encoder(cfg: PretrainConfig, sample_rate: int) -> AudioModel:
     """The model to train: the Transformer baseline (``architecture="transformer"``, HuBERT's own
     recipe); else phase 1 of the teacher recipe trains the bidirectional teacher, everything else a
     causal BioMamba. From ``init`` (its encoder) unless there is none or phase 2 asks for a fresh one."""
@@ -163,7 +171,7 @@ def _build_encoder(cfg: PretrainConfig) -> AudioModel:
     else:
         cls = BioMamba
     if cfg.init is None or (cfg.phase == 2 and cfg.from_scratch):
-        return cls.from_preset(cfg.preset, task="embed")
+        return cls.from_preset(cfg.preset, task="embed", sample_rate=sample_rate)
     return model_from_init(cfg.init, "embed", [], architecture=cls.architecture)
 
 
@@ -178,6 +186,11 @@ def check_options(cfg: PretrainConfig) -> None:
     check_choice("--phase", cfg.phase, (1, 2))
     check_choice("--amp", cfg.amp, AMP_CHOICES)
     check_choice("--preset", cfg.preset, tuple(PRESETS))
+    if cfg.sample_rate is not None:
+        try:
+            check_sample_rate(cfg.sample_rate)
+        except ValueError as e:
+            raise ValueError(f"--sample-rate: {e}") from None
     if not 0 < cfg.mask_prob <= 1 or cfg.mask_length < 1 or cfg.min_masks < 0:
         raise ValueError("need 0 < --mask-prob <= 1, --mask-length >= 1, --min-masks >= 0")
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or (cfg.clusters is not None and cfg.clusters < 2):
@@ -222,19 +235,20 @@ def pretrain(cfg: PretrainConfig) -> dict:
     try:
         run = Run(device, select_amp(cfg.amp, device), dist)
         notes: list[str] = []
-        files, durations = _readable(cfg.audio, notes)
+        rate = init_sample_rate(cfg.init, cfg.sample_rate)
+        files, durations = _readable(cfg.audio, notes, rate)
         report_skipped(dist, notes)
         if not files:
             raise ValueError(f"no readable recordings in {', '.join(map(str, cfg.audio)) or 'the inputs'}")
         args = {**asdict(cfg), "audio": [str(f) for f in files], "future_frames": future, "delay": delay,
-                "clusters": k}
+                "clusters": k, "sample_rate": rate}
         prepare_out(cfg.out, cfg.resume, args, dist, RESUME_KEYS)
-        frames = [max(1, int(d * SAMPLE_RATE) // HOP) for d in durations]
+        frames = [max(1, int(d * rate) // HOP) for d in durations]
         if _distilling(cfg):   # targets come from the teacher on the fly: no k-means
             teacher = _phase1_model(cfg, device)
             name, layer, labels_dir, label_files = f"distill-{teacher.architecture}-{_weights_digest(teacher)}", None, None, None
         else:
-            name, features, layer = _label_source(cfg, device)
+            name, features, layer = _label_source(cfg, device, rate)
             labels_dir = cfg.out / "labels" / f"{name}-k{k}"
             label_files = build_labels(files, frames, features, k, labels_dir, name,
                                        KMeansOptions(cfg.kmeans_fraction, batch_size=cfg.kmeans_batch,
@@ -246,7 +260,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
             return result
 
         seed_everything(cfg.seed)
-        encoder = _build_encoder(cfg)
+        encoder = _build_encoder(cfg, rate)
         if _distilling(cfg):
             model = DistillModel(encoder, teacher, cfg.cnn_grad_scale, cfg.feature_penalty).to(device)
         else:
@@ -256,7 +270,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                                       betas=(0.9, 0.98), eps=1e-6)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, WarmupDecay(round(cfg.warmup_fraction * cfg.steps), cfg.steps))
-        dataset = PretrainDataset(files, label_files, cfg.crop_s, cfg.seed, cfg.min_crop_s, frames)
+        dataset = PretrainDataset(files, label_files, cfg.crop_s, cfg.seed, cfg.min_crop_s, frames, rate)
         batches_per_epoch = max(1, math.ceil(math.ceil(len(dataset) / dist.world_size) / cfg.batch_size))
         # The Transformer sees both sides already: teacher and student are one model, HuBERT's recipe.
         recipe = "hubert" if cfg.architecture == "transformer" else cfg.recipe
@@ -297,7 +311,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                       f"{encoder.num_parameters():,} parameters, {len(files)} recordings, {len(dataset)} crops "
                       f"of {cfg.crop_s:g} s, {f'{k} clusters' if k else 'teacher layers as targets'}, {cfg.steps} steps, {device}, amp {amp_name(run.amp)}")
         state = fit(run, loop, model, optimizer, scheduler, dataset, collate_pretrain, loss_fn, save, load,
-                       items_per_batch=lambda b: float(b["frame_lengths"].sum()) * HOP / SAMPLE_RATE)
+                       items_per_batch=lambda b: float(b["frame_lengths"].sum()) * HOP / rate)
         return {**result, "last": str(cfg.out / LAST), "steps": state.global_step,
                 "final": state.history[-1] if state.history else {}}
     finally:
