@@ -219,3 +219,8 @@ def test_model_rates_are_checked_wherever_they_are_read(pair, tmp_path):
     result = CliRunner().invoke(app, ["train", str(tmp_path / "d.csv"), "--sample-rate", "44100",
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "--sample-rate" in result.output
+    # phase-2 labels from a model of another rate would be labels of other sounds
+    result = CliRunner().invoke(app, ["pretrain", str(pair["x"]), "--phase", "2", "--init", str(pair["ck32"]),
+                                      "--labels-from", str(pair["ck16"]), "--steps", "1", "--device", "cpu",
+                                      "--out", str(tmp_path / "pt")])
+    assert result.exit_code != 0 and "reads 16000 Hz audio" in result.output
