@@ -24,7 +24,8 @@ PRETRAINING = {"scratch": "none (front end trained too)", "hubert": "HuBERT, 2 p
                "causal": "causal (HuBERT, 2 phases)",
                "bidirectional-teacher": "bidirectional teacher -> causal student",
                "future": "causal + future-frame heads", "delayed": "delayed target",
-               "distill": "distillation of the teacher"}
+               "distill": "distillation of the teacher",
+               "delayed-longcrop": "delayed target, fine-tuned on 5 s crops"}
 RUN = re.compile(r"^(?P<arch>[a-z]+)-(?P<size>[a-z]+)-(?P<pt>[a-z-]+)-seed(?P<seed>\d+)$")
 SETTINGS = ("preset", "epochs", "batch_size", "lr", "lr_schedule", "crop_s", "freeze_frontend", "pooling", "init",
             "sample_rate")
