@@ -232,6 +232,8 @@ class Detector:
         self.parity = ParityCounts(unit) if reference is not None else None
         self.stop = threading.Event()   # set (by a signal handler) to end the current recording
         Scorer(manifest.task, config.window_s, self.sample_rate)   # fails early for an embedding model
+        if reference is not None:   # and for a folder whose PyTorch model reads another rate
+            reference.scorer(manifest.task, config.window_s, self.sample_rate)
 
     def check(self) -> None:
         """Finds model and option problems once, before the first recording (ValueError, naming

@@ -209,6 +209,11 @@ def test_model_rates_are_checked_wherever_they_are_read(pair, tmp_path):
     (ex / "model.json").write_text(json.dumps({**manifest, "sample_rate": 22050}))
     with pytest.raises(ManifestError, match="22050"):
         read_manifest(ex)
+    # a folder whose PyTorch model (config.json) reads another rate than its model.json says
+    (ex / "model.json").write_text(json.dumps(manifest))
+    (ex / "config.json").write_text(json.dumps({**json.loads((ex / "config.json").read_text()), "sample_rate": 16000}))
+    code, text = detect(pair["x"], "--model", ex, "--parity", "--out", tmp_path / "o", "--no-resume")
+    assert code == 1 and "inconsistent" in text and not list((tmp_path / "o").glob("*.txt"))
 
     # fine-tuning keeps the --init checkpoint's rate; another one is refused before any work
     rows = ["path,label"] + [f"{pair['x']},{label}" for label in "ab"]
