@@ -93,6 +93,17 @@ class OnnxBackend:
         self._check_io("frontend", self.frontend, {"audio"}, ["frames"])
         self._check_io("mamba", self.mamba, {"frames", *(s.name for s in self.manifest.states)},
                        self._fetch)
+        self._check_rate()
+
+    def _check_rate(self) -> None:
+        """The graphs carry the rate they were exported for (metadata ``sample_rate``); a model.json
+        edited to another rate would make every recording be read at the wrong speed, silently."""
+        for name, session in (("frontend", self.frontend), ("mamba", self.mamba)):
+            exported = session.get_modelmeta().custom_metadata_map.get("sample_rate")
+            if exported is not None and exported != str(self.manifest.sample_rate):
+                raise BackendError(f"{self.manifest.graph_path(name)}: exported for {exported} Hz audio but "
+                                   f"model.json says {self.manifest.sample_rate} Hz; the folder is "
+                                   "inconsistent (export it again)")
 
     def _load(self, name: str, options):
         """An onnxruntime session for graph ``name``; a file that is not a loadable ONNX graph

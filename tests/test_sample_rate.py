@@ -209,6 +209,10 @@ def test_model_rates_are_checked_wherever_they_are_read(pair, tmp_path):
     (ex / "model.json").write_text(json.dumps({**manifest, "sample_rate": 22050}))
     with pytest.raises(ManifestError, match="22050"):
         read_manifest(ex)
+    # model.json edited to another valid rate: the graphs say what they were exported for
+    (ex / "model.json").write_text(json.dumps({**manifest, "sample_rate": 16000}))
+    code, text = detect(pair["x"], "--model", ex, "--out", tmp_path / "o", "--no-resume")
+    assert code == 1 and "exported for 32000 Hz audio but model.json says 16000 Hz" in text
     # a folder whose PyTorch model (config.json) reads another rate than its model.json says
     (ex / "model.json").write_text(json.dumps(manifest))
     (ex / "config.json").write_text(json.dumps({**json.loads((ex / "config.json").read_text()), "sample_rate": 16000}))
