@@ -28,8 +28,9 @@ CONTEXT = 80           # samples of left context a frame needs beyond its hop (r
 MAX_MODEL_RATE = 384_000
 
 
-def check_sample_rate(rate) -> int:
-    """A model's input rate, validated: a multiple of 16 kHz from 16 kHz to 384 kHz. Raises ValueError.
+def check_sample_rate(rate, name: str = "sample rate") -> int:
+    """A model's input rate, validated: a multiple of 16 kHz from 16 kHz to 384 kHz. Raises ValueError
+    starting with ``name`` (e.g. the option that gave it).
 
     A model may read its audio faster than 16 kHz to hear higher sounds (most insects of InsectSet32
     sing above 8 kHz, the 16 kHz Nyquist; bats far above): the same 320-sample frames then last
@@ -38,7 +39,7 @@ def check_sample_rate(rate) -> int:
     """
     if isinstance(rate, bool) or not isinstance(rate, int | np.integer) or rate % SAMPLE_RATE \
             or not SAMPLE_RATE <= rate <= MAX_MODEL_RATE:
-        raise ValueError(f"sample rate {rate!r}: a model reads a multiple of {SAMPLE_RATE} Hz from "
+        raise ValueError(f"{name} {rate!r}: a model reads a multiple of {SAMPLE_RATE} Hz from "
                          f"{SAMPLE_RATE} to {MAX_MODEL_RATE} Hz")
     return int(rate)
 

@@ -8,9 +8,12 @@ measures what the 16 kHz input costs on high-pitched species (recipes/README.md,
 Writes OUT_DIR/<each row's path> (FLAC, 16-bit, mono: the channels averaged) and OUT_DIR/<the
 listing's name> with the same rows, so `bmamba train OUT_DIR/files.csv --split train` runs on
 it unchanged. Durations in the copy are F times the real ones (a 5 s --crop is 5 / F s of the
-real recording); a model trained on it must be given time-expanded audio and its times divided
-by F: `bmamba detect` does neither, which is why no such model is shipped. Existing outputs are
-kept (a rerun finishes an interrupted copy).
+real recording). Existing outputs are kept (a rerun finishes an interrupted copy).
+
+Superseded for training: `bmamba train --sample-rate 16000xF` reads the original recordings at
+that rate, the same samples (up to this copy's 16-bit rounding), and makes a model that `bmamba
+detect` feeds and times correctly; a model trained on this copy would need time-expanded input
+and its times divided by F. Kept as the record of how `results/insectset32_time_expanded.*` were made.
 """
 
 from __future__ import annotations

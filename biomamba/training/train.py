@@ -285,10 +285,7 @@ def check_options(cfg: TrainConfig) -> None:
     check_choice("--preset", cfg.preset, tuple(PRESETS))
     check_choice("--lr-schedule", cfg.lr_schedule, LR_SCHEDULES)
     if cfg.sample_rate is not None:
-        try:
-            check_sample_rate(cfg.sample_rate)
-        except ValueError as e:
-            raise ValueError(f"--sample-rate: {e}") from None
+        check_sample_rate(cfg.sample_rate, "--sample-rate")
     if cfg.accumulate < 1 or cfg.max_skipped_steps < 0:
         raise ValueError("--accumulate must be >= 1 and --max-skipped-steps >= 0")
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:

@@ -187,10 +187,7 @@ def check_options(cfg: PretrainConfig) -> None:
     check_choice("--amp", cfg.amp, AMP_CHOICES)
     check_choice("--preset", cfg.preset, tuple(PRESETS))
     if cfg.sample_rate is not None:
-        try:
-            check_sample_rate(cfg.sample_rate)
-        except ValueError as e:
-            raise ValueError(f"--sample-rate: {e}") from None
+        check_sample_rate(cfg.sample_rate, "--sample-rate")
     if not 0 < cfg.mask_prob <= 1 or cfg.mask_length < 1 or cfg.min_masks < 0:
         raise ValueError("need 0 < --mask-prob <= 1, --mask-length >= 1, --min-masks >= 0")
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lr <= 0 or (cfg.clusters is not None and cfg.clusters < 2):
