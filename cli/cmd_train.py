@@ -63,6 +63,9 @@ def register(app: typer.Typer) -> None:
         background_snr: str = typer.Option("0,20", help="SNR range in dB for --background."),
         background_prob: float = typer.Option(0.5, help="Share of training items that get a background."),
         gain: str = typer.Option(None, help="Augmentation: random gain range in dB, e.g. -6,6."),
+        mixup: float = typer.Option(0.0, help="Classify augmentation: mix each training clip with another "
+                                              "of its batch, weights ~ Beta(MIXUP, MIXUP), labels mixed "
+                                              "alike (e.g. 0.4; 0: off)."),
         out: Path = typer.Option(Path("bmamba-train"), help="Run folder: last/, best/, log.jsonl, args.json."),
         device: str = typer.Option("auto", help="auto, cpu or cuda."),
         amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 on CUDA), bf16, fp16, none."),
@@ -111,7 +114,7 @@ def register(app: typer.Typer) -> None:
                               crop_s=crop_s, window_s=parse_duration(window), hop_s=parse_duration(hop),
                               unknown_label=unknown_label, label_column=label_column, gain_db=gain_db,
                               backgrounds=tuple(backgrounds), background_snr_db=snr_db,
-                              background_prob=background_prob, out=out, device=device,
+                              background_prob=background_prob, mixup=mixup, out=out, device=device,
                               amp=amp, workers=workers, accumulate=accumulate,
                               max_skipped_steps=max_skipped_steps, seed=seed, resume=resume)
             check_options(cfg)

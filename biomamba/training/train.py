@@ -80,7 +80,7 @@ LR_SCHEDULES = ("constant", "linear")
 # args.json keys that must not change when a run is resumed
 RESUME_KEYS = ("data", "task", "preset", "architecture", "batch_size", "seed", "crop_s", "window_s",
                "hop_s", "valid", "valid_fraction", "pooling", "freeze_frontend", "split", "valid_split",
-               "lr_schedule", "sample_rate")
+               "lr_schedule", "sample_rate", "mixup")
 
 
 @dataclass
@@ -119,6 +119,7 @@ class TrainConfig:
     backgrounds: tuple = ()
     background_snr_db: tuple[float, float] = (0.0, 20.0)
     background_prob: float = 0.5
+    mixup: float = 0.0                   # classify: Beta(mixup, mixup) mixing of clip pairs; 0: off
     device: str = "auto"
     amp: str = "auto"
     workers: int | None = None           # None: loop.default_workers()
@@ -264,6 +265,39 @@ def classification_loss(net, batch: dict, state) -> tuple[torch.Tensor, dict]:
     return loss, {"acc": float((logits.argmax(-1) == batch["labels"]).float().mean())}
 
 
+def mixup_classification_loss(alpha: float, seed: int = 0):
+    """The loss of classification mixup (Zhang et al. 2018, "mixup: Beyond Empirical Risk
+    Minimization"; BirdNET-Analyzer's trainer has it too): each clip i of the batch is mixed with
+    clip perm[i], audio lam_i * x_i + (1 - lam_i) * x_perm[i] with lam_i ~ Beta(alpha, alpha), and
+    its loss is the same mixture of the two labels' cross-entropies. The draws come from a
+    generator keyed by (seed, optimizer step, skipped steps, batch within the step, rank), not
+    from torch's global one (which DataLoader iterators also draw from), so a resumed run draws
+    what the straight run drew.
+
+    The mixed clip holds audio as long as the longer of the two (the shorter is zero-padded);
+    "acc" counts the label with the larger weight.
+    """
+    calls = {"key": None, "n": 0}    # batches seen in the current optimizer step (--accumulate)
+
+    def loss_fn(net, batch: dict, state) -> tuple[torch.Tensor, dict]:
+        audio, lengths, labels = batch["audio"], batch["lengths"], batch["labels"]
+        key = (state.global_step, state.skipped_steps)
+        calls["n"] = calls["n"] + 1 if calls["key"] == key else 0
+        calls["key"] = key
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        rng = np.random.default_rng([seed, *key, calls["n"], rank])
+        lam = torch.as_tensor(rng.beta(alpha, alpha, len(labels)), dtype=audio.dtype, device=audio.device)  # (B,)
+        perm = torch.as_tensor(rng.permutation(len(labels)), device=audio.device)                           # (B,)
+        mixed = lam[:, None] * audio + (1 - lam[:, None]) * audio[perm]
+        logits = net(mixed, torch.maximum(lengths, lengths[perm]))["clip_logits"].float()
+        loss = (lam * F.cross_entropy(logits, labels, reduction="none")
+                + (1 - lam) * F.cross_entropy(logits, labels[perm], reduction="none")).mean()
+        main = torch.where(lam >= 0.5, labels, labels[perm])
+        return loss, {"acc": float((logits.argmax(-1) == main).float().mean())}
+
+    return loss_fn
+
+
 def detection_loss(net, batch: dict, state) -> tuple[torch.Tensor, dict]:
     """Frame-level BCE averaged over the frames that hold audio and over classes."""
     logits = net(batch["audio"], batch["lengths"])["frame_logits"].float()
@@ -286,6 +320,10 @@ def check_options(cfg: TrainConfig) -> None:
     check_choice("--lr-schedule", cfg.lr_schedule, LR_SCHEDULES)
     if cfg.sample_rate is not None:
         check_sample_rate(cfg.sample_rate, "--sample-rate")
+    if not 0 <= cfg.mixup <= 100:
+        raise ValueError(f"--mixup is a Beta distribution's alpha in (0, 100] (0: off), got {cfg.mixup}")
+    if cfg.mixup and cfg.task == "detect":
+        raise ValueError("--mixup mixes labelled clips: it is for --task classify")
     if cfg.accumulate < 1 or cfg.max_skipped_steps < 0:
         raise ValueError("--accumulate must be >= 1 and --max-skipped-steps >= 0")
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
@@ -307,6 +345,8 @@ def train(cfg: TrainConfig) -> dict:
     try:
         run = Run(device, select_amp(cfg.amp, device), dist)
         task = cfg.task or infer_task(cfg.data)
+        if cfg.mixup and task != "classify":
+            raise ValueError(f"{cfg.data}: detection data; --mixup is for clip classification")
         rate = init_sample_rate(cfg.init, cfg.sample_rate)
         args = {**asdict(cfg), "task": task, "sample_rate": rate}
         # a linear decay ends at the planned last step: a resumed run must plan the same one
@@ -361,8 +401,10 @@ def train(cfg: TrainConfig) -> dict:
                       f"{model.num_parameters():,} parameters, {device}, amp {amp_name(run.amp)}, "
                       f"{dist.world_size} process(es)")
         started = time.time()
-        state = fit(run, loop, model, optimizer, scheduler, train_set, collate_padded,
-                       classification_loss if task == "classify" else detection_loss,
+        loss_fn = detection_loss
+        if task == "classify":
+            loss_fn = mixup_classification_loss(cfg.mixup, cfg.seed) if cfg.mixup else classification_loss
+        state = fit(run, loop, model, optimizer, scheduler, train_set, collate_padded, loss_fn,
                        save, load, validate, train_mode,
                        items_per_batch=lambda b: float(b["lengths"].sum()) / rate)
         return {"out": str(cfg.out), "last": str(cfg.out / LAST),
