@@ -26,9 +26,11 @@ PRETRAINING = {"scratch": "none (front end trained too)", "hubert": "HuBERT, 2 p
                "future": "causal + future-frame heads", "delayed": "delayed target",
                "distill": "distillation of the teacher",
                "delayed-longcrop": "delayed target, fine-tuned on 5 s crops"}
+# recipes/insectset32.sh names runs fine-tuned with MIXUP set NAME-mixup
+PRETRAINING.update({f"{k}-mixup": f"{v}; mixup in fine-tuning" for k, v in list(PRETRAINING.items())})
 RUN = re.compile(r"^(?P<arch>[a-z]+)-(?P<size>[a-z]+)-(?P<pt>[a-z-]+)-seed(?P<seed>\d+)$")
 SETTINGS = ("preset", "epochs", "batch_size", "lr", "lr_schedule", "crop_s", "freeze_frontend", "pooling", "init",
-            "sample_rate")
+            "sample_rate", "mixup")
 
 
 

@@ -16,7 +16,7 @@
 # What each run does (say it in any table made from it):
 # - pre-training: $PT_STEPS steps a phase of $PT_BATCH x $CROP crops, at $SAMPLE_RATE.
 # - training: random crops of $CROP from the train split (shorter recordings zero-padded),
-#   batch $BATCH, Adam lr $LR ($LR_SCHEDULE schedule), $EPOCHS epochs; from scratch the front end trains too
+#   batch $BATCH, Adam lr $LR ($LR_SCHEDULE schedule), $EPOCHS epochs, mixup $MIXUP; from scratch the front end trains too
 #   (--no-freeze-frontend: a random frozen front end would only be noise); a pre-trained encoder
 #   keeps its front end frozen (the paper's protocol). Each epoch is scored on the centred $CROP
 #   of every validation recording and the best epoch is kept (best/): selection on validation.
@@ -43,6 +43,8 @@ EPOCHS=${EPOCHS:-100}
 BATCH=${BATCH:-16}
 LR=${LR:-1e-3}
 LR_SCHEDULE=${LR_SCHEDULE:-linear}   # decay to 0 over the run (constant: keep lr)
+# mixup in fine-tuning (bmamba train --mixup ALPHA); empty: none. Its runs are named ...-mixup.
+MIXUP=${MIXUP-}
 # The models' input rate: 32000 hears to 16 kHz, where most InsectSet32 species sing
 # (recipes/band_energy.py); 16000, the paper's, stops at 8 kHz. 2.5 s crops at 32 kHz hold the
 # samples (and cost) of 5 s crops at 16 kHz.
@@ -72,6 +74,7 @@ mapfile -t VALID_AUDIO < <(listing validation)
 # export and time the exported model once per NAME.
 finetune() {
   local name=$1 seed=$2; shift 2
+  if [[ -n $MIXUP ]]; then name="$name-mixup"; set -- "$@" --mixup "$MIXUP"; fi
   local run="$WORK/ft/$name/seed$seed"
   timed "train-$name-seed$seed" $BMAMBA train "$DATA" --split train --valid-split validation \
       --epochs "$EPOCHS" --batch-size "$BATCH" --lr "$LR" --lr-schedule "$LR_SCHEDULE" --crop "$CROP" --seed "$seed" \
