@@ -3,7 +3,8 @@
 - classify: clips with one label (a folder per class, or a BEANS CSV); the model's clip logits
   (frame logits mean-pooled over the clip, or attention-pooled) against the label, cross-entropy.
   Training clips are random crops of ``crop_s`` (zero-padded when shorter); validation clips the
-  centred crop. Validation metric: accuracy (BEANS's), macro-F1 reported too.
+  centred crop. Validation metric: accuracy (BEANS's), macro-F1 reported too. With ``mixup``
+  each training clip is mixed with another of its batch (`mixup_classification_loss`).
 - detect: fixed windows of annotated recordings (a BEANS JSONL, or a folder of recordings with
   Raven/Audacity tables), BEANS's windows; per-frame binary cross-entropy of the frame logits
   against the 20 ms frame targets (`biomamba.data.frame_targets`), on the frames that hold audio.
