@@ -28,7 +28,8 @@ PRETRAINING = {"scratch": "none (front end trained too)", "hubert": "HuBERT, 2 p
                "delayed-longcrop": "delayed target, fine-tuned on 5 s crops"}
 # recipes/insectset32.sh names runs fine-tuned with MIXUP set NAME-mixup
 PRETRAINING.update({f"{k}-mixup": f"{v}; mixup in fine-tuning" for k, v in list(PRETRAINING.items())})
-RUN = re.compile(r"^(?P<arch>[a-z]+)-(?P<size>[a-z]+)-(?P<pt>[a-z-]+)-seed(?P<seed>\d+)$")
+PRETRAINING["delayed-mixup-e200"] = "delayed target; mixup in fine-tuning, 200 epochs"
+RUN = re.compile(r"^(?P<arch>[a-z]+)-(?P<size>[a-z]+)-(?P<pt>[a-z0-9-]+)-seed(?P<seed>\d+)$")
 SETTINGS = ("preset", "epochs", "batch_size", "lr", "lr_schedule", "crop_s", "freeze_frontend", "pooling", "init",
             "sample_rate", "mixup")
 
