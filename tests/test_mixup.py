@@ -93,7 +93,7 @@ def test_weights_follow_beta_alpha_alpha(alpha, seed):
     assert float(lam.var()) == pytest.approx(variance, abs=4 * standard_error)
 
 
-def test_mixup_run_resumes_exactly_and_learns(tmp_path):
+def test_mixup_run_resumes_exactly_and_differs_from_a_plain_run(tmp_path):
     data = make_class_folder(tmp_path / "data", per_class=4)
     config = dict(batch_size=4, valid_fraction=0, mixup=0.4)
     straight = train(tiny_config(data, tmp_path / "straight", epochs=3, **config))
