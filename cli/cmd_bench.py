@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import fail, parse_list
+from .common import check_result_path, fail, parse_list
 
 
 def register(app: typer.Typer) -> None:
@@ -49,6 +49,8 @@ def register(app: typer.Typer) -> None:
 
             if not torch.cuda.is_available():
                 fail("--device cuda: no CUDA device is visible to torch", usage=True)
+        check_result_path(report, "--report", "json")
+        check_result_path(plot, "--plot", "figure")
 
         console = Console(stderr=True)
         result = {"device": device_name(device), "preset": preset, "rows": []}

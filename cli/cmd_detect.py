@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from .common import fail
+from .common import check_result_path, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
         cores = _cpu_count()
         if threads is not None and threads > cores:
             fail(f"--threads {threads}: this machine has {cores} CPU cores; use at most {cores}", usage=True)
-        _check_report_path(report)
+        check_result_path(report, "--report", "json")
 
         found, problems = find_audio_with_roots(inputs)
         if not found:
@@ -135,6 +135,10 @@ def register(app: typer.Typer) -> None:
             written_to.append(home)
         if journal_path is not None:
             written_to.append(journal_path.parent)
+        _check_side_files(report, journal_path, files, [sibling_path(o, fmts[0], f) for o in outputs.values()
+                                                        for f in fmts],
+                          home if combine else None, fmts)
+        _make_folders(written_to)
         _lock_folders(ctx, out, written_to)   # before the sweep of temporary files and the journal
 
         try:
@@ -395,14 +399,44 @@ def _available_mb() -> float:
     return psutil.virtual_memory().available / 2**20
 
 
-def _check_report_path(report: Path | None) -> None:
-    """--report must be a file in an existing folder: said before the run, not after hours."""
-    if report is None:
-        return
-    if report.is_dir():
-        fail(f"--report {report} is a folder; name a file, e.g. {report / 'run.json'}", usage=True)
-    if not report.parent.is_dir():
-        fail(f"--report {report}: the folder {report.parent} does not exist", usage=True)
+def _check_side_files(report: Path | None, journal: Path | None, recordings: list[Path], outputs: list[Path],
+                      combined_folder: Path | None, fmts: tuple[str, ...]) -> None:
+    """--report and the journal must be files of their own: not one of the run's recordings, not
+    one of its outputs (every format) or combined tables, not each other. Else one replaces the
+    other: the report written over a recording at the end, a table written over the journal. Bad
+    usage, said before the run. Names are compared resolved (``./x``, a symbolic link); a hard link
+    to a recording is caught by what the file holds (`check_result_path`, `Journal`)."""
+    from biomamba.runtime.writers import COMBINED_FORMATS, combined_path
+
+    taken: dict[str, str] = {}
+    for path in recordings:
+        taken.setdefault(os.path.realpath(path), f"the recording {path}")
+    for path in outputs:
+        taken.setdefault(os.path.realpath(path), f"the output {path}")
+    if combined_folder is not None:
+        for fmt in set(fmts) & set(COMBINED_FORMATS):
+            path = combined_path(combined_folder, fmt)
+            taken.setdefault(os.path.realpath(path), f"the combined table {path}")
+    for option, path in (("--journal", journal), ("--report", report)):
+        if path is None:
+            continue
+        clash = taken.get(os.path.realpath(path))
+        if clash:
+            fail(f"{option} {path}: that is {clash} of this run, and one would overwrite the other; "
+                 "name another file", usage=True)
+        taken[os.path.realpath(path)] = f"the journal {path}"
+
+
+def _make_folders(folders: list[Path]) -> None:
+    """Makes the output folders now, before they are locked: a folder made later, when its first
+    table is written, would be unlocked meanwhile, open to a run whose --out is inside this run's
+    (``--out X`` and ``--out X/site``). One that cannot be made is left to report its own error
+    when written to."""
+    for folder in dict.fromkeys(folders):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
 
 
 def _write_report(report: Path | None, result: dict) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import fail
+from .common import check_result_path, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -46,6 +46,8 @@ def register(app: typer.Typer) -> None:
         for name, path in (("CHECKPOINT", checkpoint), ("DATA", data)):
             if not path.exists():
                 fail(f"{name} {path}: no such file or folder", usage=True)
+        check_result_path(report, "--report", "json")
+        check_result_path(plot, "--plot", "figure")
         try:
             window_s = parse_duration(window) if window else None
             hop_s = parse_duration(hop) if hop else None

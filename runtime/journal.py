@@ -16,7 +16,9 @@ and, once per settings hash, {"settings_hash": "3f2a...", "settings": {...}} so 
 read which settings a hash stands for. Lines that cannot be read (a line torn by a kill mid-write,
 or anything else that is not such an entry: ``1e999``, deeply nested JSON) are skipped. Lines are
 ASCII (JSON escapes), so a file name that is not valid UTF-8 is kept exactly and found again.
-The journal must be a regular file (or not exist yet): a device or FIFO is refused.
+The journal must be a regular file (or not exist yet): a device or FIFO is refused. A file that
+exists must be a journal: its first line is always a settings line, so a file that does not
+start as one (a recording, a table, a report named by a slip) is refused, not appended to.
 
 Torch-free: the standard library only.
 """
@@ -32,6 +34,8 @@ from pathlib import Path
 
 STATUSES = ("ok", "failed")
 _ENTRY_KEYS = ("path", "size", "mtime_ns", "settings", "status", "time")
+# How every journal starts: its first line is the settings line (`Journal.record` writes it first).
+_FIRST_BYTES = b'{"settings_hash": '
 
 
 class JournalError(ValueError):
@@ -168,7 +172,8 @@ class Journal:
         return (str(Path(recording).resolve()), size, mtime_ns, self.settings_hash)
 
     def _check_kind(self) -> None:
-        """A regular file or nothing: reading a FIFO would wait for ever, a device is not a log."""
+        """A journal or nothing: reading a FIFO would wait for ever, a device is not a log, and
+        lines appended to another file (a recording) would damage it."""
         try:
             mode = os.stat(self.path).st_mode
         except FileNotFoundError:
@@ -180,6 +185,14 @@ class Journal:
         if not stat.S_ISREG(mode):
             raise JournalError(f"cannot use journal {self.path}: it is not a regular file "
                                "(a device, FIFO or socket); name a file")
+        try:
+            with open(self.path, "rb") as file:
+                head = file.read(len(_FIRST_BYTES))
+        except OSError as error:
+            raise JournalError(f"cannot read journal {self.path}: {error.strerror}") from error
+        if head != _FIRST_BYTES[: len(head)]:   # a shorter head: a first line torn by a kill
+            raise JournalError(f"cannot use journal {self.path}: the file exists and is not a bmamba "
+                               "journal; name another file (or delete this one)")
 
     def _load(self) -> bool:
         """Reads earlier entries. Returns whether the file is absent/empty or ends with a newline."""

@@ -90,6 +90,42 @@ def test_run_beside_the_recordings_stops_when_their_folder_is_locked(exported, h
     assert not (rec.parent / "rec.bmamba.selection.table.txt").exists()
 
 
+def test_a_run_locks_the_sub_folders_it_will_make_so_a_nested_out_is_refused(exported, monkeypatch, tmp_path):
+    # --out OUT over a tree with site/: OUT/site does not exist when the run starts. It must be made
+    # and locked then, or a second run with --out OUT/site could write (and sweep temporary files)
+    # there meanwhile. The locks held are read from inside the run, while it holds them.
+    recording(tmp_path / "tree")
+    recording(tmp_path / "tree" / "site")
+    out = tmp_path / "out"
+    held = []
+    enter = FolderLocks.__enter__
+
+    def spy(self):
+        locks = enter(self)
+        held.extend(locks.held)
+        probe = holder_probe(out / "site")   # another process, trying the nested folder now
+        held.append(("probe", probe))
+        return locks
+
+    monkeypatch.setattr(FolderLocks, "__enter__", spy)
+    code, text = detect(tmp_path / "tree", "--model", exported, "--out", out)
+    assert code == 0, text
+    assert {out, out / "site"} <= set(held), held
+    assert ("probe", "busy") in held, "another process could lock OUT/site while this run wrote there"
+    assert (out / "site" / "rec.bmamba.selection.table.txt").exists()
+
+
+def holder_probe(folder: Path) -> str:
+    """Whether another process can lock ``folder`` now: "busy", "locked" or "not locked"."""
+    code = ("import sys; from pathlib import Path\n"
+            "from biomamba.runtime.folder_lock import FolderBusy, FolderLocks\n"
+            "try:\n"
+            "    with FolderLocks([Path(sys.argv[1])]) as locks: print('locked' if locks.held else 'not locked')\n"
+            "except FolderBusy: print('busy')\n")
+    return subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def test_locks_on_two_folders_in_one_process_and_release_on_an_exception(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
