@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         from biomamba.runtime.embed import embed_files, write_embeddings
         from biomamba.runtime.manifest import ManifestError
         from biomamba.runtime.models import describe_model
+        from biomamba.runtime.writers import OutputError
 
         try:
             window_s, hop_s = parse_duration(window, name="--window"), parse_duration(hop, name="--hop")
@@ -43,6 +44,10 @@ def register(app: typer.Typer) -> None:
             fail("no recordings found: " + "; ".join(f"{i}: {why}" for i, why in problems), usage=True)
         if model is not None and not model.exists():
             fail(f"--model {model}: no such model folder", usage=True)
+        try:   # now, not after hours of work that could then not be written
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            fail(f"--out {out}: cannot make the folder ({e.strerror})", usage=True)
         try:  # the folder is there but is no usable model, or the backend cannot run here: a failed run
             described, folder, _ = describe_model(model, backend)
             engine = open_backend(folder, backend, threads=threads)
@@ -50,7 +55,12 @@ def register(app: typer.Typer) -> None:
             fail(str(e))
         result = embed_files(engine, files, window_s=window_s, hop_s=hop_s, chunk_s=chunk_s, channel=channel,
                              sample_rate=described.sample_rate)
-        npy, index = write_embeddings(out, result)
+        try:
+            npy, index = write_embeddings(out, result)
+        except OSError as e:
+            fail(f"--out {out}: cannot write the embeddings ({e.strerror}: {e.filename})")
+        except OutputError as e:
+            fail(f"--out {out}: cannot write the embeddings ({e})")
         for _path, why in result.failures:
             typer.secho(f"bmamba: failed: {why}", err=True, fg=typer.colors.RED)
         for i, why in problems:

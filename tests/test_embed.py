@@ -64,3 +64,30 @@ def test_embed_matches_pytorch_windows(exported, tmp_path):
         assert float(rows[0]["start_s"]) == 0.0 and float(rows[1]["start_s"]) == 1.0
         assert float(rows[-1]["end_s"]) == pytest.approx(len(clips[name]) / 16000, abs=1e-3)
     assert np.abs(vectors - np.concatenate(expected)).max() <= 1e-4
+
+
+def test_embed_out_that_cannot_be_a_folder_is_refused_before_the_run(exported, tmp_path):
+    # Before: the run embedded everything, then died with a traceback making the folder.
+    _, folder = exported
+    sf.write(tmp_path / "a.wav", np.random.default_rng(1).standard_normal(16000).astype(np.float32) * 0.3, 16000)
+    taken = tmp_path / "taken"
+    taken.write_text("someone's file\n")
+    result = CliRunner().invoke(app, ["embed", str(tmp_path / "a.wav"), "--model", str(folder), "--out", str(taken)])
+    assert result.exit_code == 2, result.output
+    assert f"--out {taken}: cannot make the folder" in result.output and "Traceback" not in result.output
+    assert taken.read_text() == "someone's file\n"
+
+
+def test_embed_that_cannot_write_its_results_fails_with_one_line(exported, tmp_path, monkeypatch):
+    _, folder = exported
+    sf.write(tmp_path / "a.wav", np.random.default_rng(2).standard_normal(16000).astype(np.float32) * 0.3, 16000)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "emb" / ".embeddings.npy.tmp"))
+
+    monkeypatch.setattr(np, "save", full_disk)
+    result = CliRunner().invoke(app, ["embed", str(tmp_path / "a.wav"), "--model", str(folder),
+                                      "--out", str(tmp_path / "emb")])
+    assert result.exit_code == 1, result.output
+    assert "cannot write the embeddings (No space left on device" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -268,6 +268,36 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path):
         train(tiny_config(data, tmp_path / "run", epochs=2, batch_size=2, resume=True))
 
 
+@pytest.mark.parametrize("command", ["train", "pretrain"])
+@pytest.mark.parametrize("name", [LAST, "best", "log.jsonl"])
+def test_out_holding_what_a_run_would_replace_is_refused_and_left_alone(tmp_path, command, name):
+    # best/ and last/ are swapped in whole and log.jsonl appended to: someone's own files of these
+    # names in --out (or a run stopped after its first epoch) would be lost. Refused before the
+    # data is read, as bad usage, the files untouched.
+    data = make_class_folder(tmp_path / "data", per_class=2)
+    out = tmp_path / "mine"
+    own = out / name / "notes.txt" if "." not in name else out / name
+    own.parent.mkdir(parents=True)
+    own.write_text("someone's\n")
+    args = [command, str(data), "--preset", "tiny", "--out", str(out), "--device", "cpu"]
+    args += ["--epochs", "1"] if command == "train" else ["--steps", "1"]
+    result = CliRunner().invoke(cli_app(command), args)
+    assert result.exit_code == 2, result.output
+    assert f"--out {out} already holds a run ({name})" in " ".join(result.output.split()), result.output
+    assert own.read_text() == "someone's\n" and sorted(p.name for p in out.iterdir()) == [name]
+
+
+def test_out_that_is_a_file_or_a_labels_only_run(tmp_path):
+    data = make_class_folder(tmp_path / "data", per_class=2)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="is a file; name a folder"):
+        train(tiny_config(data, tmp_path / "f", epochs=1))
+    # what a run stopped before its first checkpoint leaves (args.json) is not in the way
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "args.json").write_text("{}")
+    assert train(tiny_config(data, tmp_path / "run", epochs=1))["epochs"] == 1
+
+
 # --------------------------------------------------------------------------- NaN guard
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..loading import LAST
+from ..loading import BEST, LAST
 from .devices import Distributed, barrier
 
 STATE_FILE = "training_state.pt"
@@ -95,23 +95,39 @@ def load_training_state(folder: Path) -> dict:
 # --------------------------------------------------------------------------- run folders
 
 
-def prepare_out(out: Path, resume: bool, args: dict, dist: Distributed, keys: tuple[str, ...] = ()) -> None:
-    """Create ``out``; refuse to overwrite an earlier run without ``resume``; on resume, refuse
-    when ``keys`` of the saved args.json differ from ``args``. Writes args.json (rank 0)."""
+def check_out(out: Path, resume: bool) -> None:
+    """Raise ValueError unless ``out`` suits the run: with ``resume``, it holds a ``last/``
+    checkpoint; without, it holds nothing the run would replace -- ``best/`` and ``last/`` are
+    swapped in whole (an earlier run's, or someone's own folders of those names, would be lost)
+    and ``log.jsonl`` is appended to. args.json and ``labels/`` may be there (a run stopped before
+    its first checkpoint, a ``--labels-only`` run whose labels this one reuses)."""
     out = Path(out)
-    previous = out / ARGS_FILE
-    args = json.loads(json.dumps(args, default=str))  # as args.json holds them (paths as strings)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; name a folder (new, or a run's to --resume)")
     if resume:
         if last_checkpoint(out) is None:
             raise ValueError(f"--resume: {out} holds no {LAST}/ checkpoint to resume from")
+        return
+    taken = [name for name in (LAST, LAST + ".old", BEST, BEST + ".old", LOG_FILE) if os.path.lexists(out / name)]
+    if taken:
+        raise ValueError(f"--out {out} already holds a run ({', '.join(taken)}), which this one would replace; "
+                         "pass --resume to continue it, or choose another --out")
+
+
+def prepare_out(out: Path, resume: bool, args: dict, dist: Distributed, keys: tuple[str, ...] = ()) -> None:
+    """Create ``out`` after `check_out`; on resume, refuse when ``keys`` of the saved args.json
+    differ from ``args``. Writes args.json (rank 0)."""
+    out = Path(out)
+    previous = out / ARGS_FILE
+    args = json.loads(json.dumps(args, default=str))  # as args.json holds them (paths as strings)
+    check_out(out, resume)
+    if resume:
         if previous.is_file():
             old = json.loads(previous.read_text())
             changed = [k for k in keys if k in old and old[k] != args.get(k)]
             if changed:
                 raise ValueError("--resume with different settings than the run in "
                                  f"{out}: {', '.join(f'{k} ({old[k]!r} -> {args.get(k)!r})' for k in changed)}")
-    elif last_checkpoint(out) is not None or (out / LOG_FILE).exists():
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         previous.write_text(json.dumps(args, indent=2, default=str) + "\n")

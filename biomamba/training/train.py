@@ -75,7 +75,7 @@ from .loop import (
     parameter_groups,
     seed_everything,
 )
-from .runs import check_choice, prepare_out
+from .runs import check_choice, check_out, prepare_out
 
 LR_SCHEDULES = ("constant", "linear")
 # args.json keys that must not change when a run is resumed
@@ -331,6 +331,7 @@ def check_options(cfg: TrainConfig) -> None:
         raise ValueError("--batch-size, --epochs and --lr must be positive")
     if not 0 <= cfg.valid_fraction < 1:
         raise ValueError(f"--valid-fraction must be in [0, 1), got {cfg.valid_fraction}")
+    check_out(cfg.out, cfg.resume)
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -33,7 +33,7 @@ from ..devices import (
 )
 from ..loop import LoopConfig, LoopState, Run, WarmupDecay, fit, parameter_groups, seed_everything
 from ..mfcc import FRAME_LENGTH
-from ..runs import check_choice, prepare_out
+from ..runs import check_choice, check_out, prepare_out
 from .data import PretrainDataset, collate_pretrain
 from .labels import KMeansOptions, build_labels, layer_features, mfcc_features
 from .objective import DistillModel, PretrainModel, compute_mask
@@ -203,6 +203,7 @@ def check_options(cfg: PretrainConfig) -> None:
                          "leave --labels-only out")
     if cfg.accumulate < 1 or cfg.max_skipped_steps < 0:
         raise ValueError("--accumulate must be >= 1 and --max-skipped-steps >= 0")
+    check_out(cfg.out, cfg.resume)
 
 
 def _distilling(cfg: PretrainConfig) -> bool:
