@@ -77,8 +77,19 @@ def collect_run(work: Path, name: str, times: dict[str, int]) -> dict | None:
         "train_wall_s": times.get(f"train-{name}"), "eval_wall_s": times.get(f"eval-{name}"),
         "speed": None if speed is None else {k: speed.get(k) for k in ("rtf", "audio_s", "wall_s", "backend",
                                                                          "chunk_s", "peak_rss_mb")},
-        "settings": {k: args.get(k) for k in SETTINGS},
+        "settings": run_settings(args),
     }
+
+
+def run_settings(args: dict) -> dict:
+    """The SETTINGS of a run as they acted: a run from --init takes its size from the checkpoint
+    (its --preset is unused, so not shown), and mixup 0 is no mixup (as runs from before --mixup)."""
+    settings = {k: args.get(k) for k in SETTINGS}
+    if settings.get("init"):
+        settings["preset"] = None
+    if not settings.get("mixup"):
+        settings["mixup"] = None
+    return settings
 
 
 def pretraining_runs(work: Path, times: dict[str, int]) -> dict[str, dict]:
