@@ -135,9 +135,8 @@ def register(app: typer.Typer) -> None:
             written_to.append(home)
         if journal_path is not None:
             written_to.append(journal_path.parent)
-        _check_side_files(report, journal_path, files, [sibling_path(o, fmts[0], f) for o in outputs.values()
-                                                        for f in fmts],
-                          home if combine else None, fmts)
+        every_output = [sibling_path(o, fmts[0], f) for o in outputs.values() for f in fmts]
+        _check_side_files(report, journal_path, files, every_output, home if combine else None, fmts)
         _make_folders(written_to)
         _lock_folders(ctx, out, written_to)   # before the sweep of temporary files and the journal
 
@@ -173,7 +172,7 @@ def register(app: typer.Typer) -> None:
                 journal_obj = Journal(journal_path, journal_settings(manifest, config))
             except JournalError as e:
                 fail(str(e), usage=True)
-        removed = remove_stale_temps(sibling_path(o, fmts[0], f) for o in outputs.values() for f in fmts)
+        removed = remove_stale_temps(every_output)
         if removed:
             typer.echo(f"bmamba: removed {len(removed)} unfinished temporary file(s) left by a stopped "
                        f"run, e.g. {removed[0]}", err=True)
