@@ -65,9 +65,33 @@ def register(app: typer.Typer) -> None:
             _check_trt(plugin_lib)      # before minutes of export work
 
         if onnx:
+            _check_out(out_dir, checkpoint)
             _export_onnx(checkpoint, out_dir, variant, fp16, opset, chunk_s)
         if trt:
             _build_trt(out_dir if (onnx or out is not None) else checkpoint, plugin_lib)
+
+
+# What an export writes into its folder, over files of these names.
+EXPORT_FILES = ("config.json", "model.safetensors", "model.json", "frontend.onnx", "mamba.onnx")
+
+
+def _check_out(out_dir: Path, checkpoint: Path) -> None:
+    """--out may be new, empty, an earlier export (its model.json, or the graphs of one that
+    stopped before writing it), the checkpoint itself, or a folder holding none of `EXPORT_FILES`:
+    a stranger's config.json there -- or another checkpoint, whose weights would be replaced by
+    these -- is refused (bad usage, said before the export)."""
+    import os
+
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"--out {out_dir} is a file; name a folder", usage=True)
+    if not out_dir.is_dir() or any((out_dir / name).is_file() for name in ("model.json", "frontend.onnx", "mamba.onnx")):
+        return
+    if os.path.realpath(out_dir) == os.path.realpath(checkpoint):
+        return
+    taken = [name for name in EXPORT_FILES if os.path.lexists(out_dir / name)]
+    if taken:
+        fail(f"--out {out_dir} holds {', '.join(taken)}, and it is neither an earlier export nor the "
+             "checkpoint: the export would replace them. Choose a new or empty folder", usage=True)
 
 
 def _export_onnx(checkpoint: Path, out_dir: Path, variant: str, fp16: bool, opset: int, chunk_s: float) -> None:

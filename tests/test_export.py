@@ -306,6 +306,26 @@ def test_cli_exports(cli, checkpoint, tmp_path):
     assert "mamba.onnx" in result.output
 
 
+def test_cli_out_holding_someone_elses_files_is_refused(cli, checkpoint, tmp_path):
+    # A folder with its own config.json (or another checkpoint's weights) would be overwritten.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"mine": 1}\n')
+    result = cli(checkpoint, "--out", mine)
+    assert result.exit_code == 2, result.output
+    assert f"--out {mine} holds config.json, and it is neither an earlier export nor the checkpoint" in \
+        " ".join(result.stderr.split())
+    assert (mine / "config.json").read_text() == '{"mine": 1}\n' and not (mine / "mamba.onnx").exists()
+    (tmp_path / "f").write_text("x")
+    assert cli(checkpoint, "--out", tmp_path / "f").exit_code == 2
+    # an earlier export, a folder with other files only, and the checkpoint itself are fine
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.md").write_text("notes\n")
+    for out in (tmp_path / "e", tmp_path / "e", tmp_path / "notes"):
+        assert cli(checkpoint, "--out", out).exit_code == 0
+    assert (tmp_path / "notes" / "README.md").read_text() == "notes\n"
+
+
 def test_cli_default_out_folder(cli, checkpoint):
     result = cli(checkpoint)
     assert result.exit_code == 0, result.output
