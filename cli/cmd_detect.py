@@ -416,14 +416,18 @@ def _check_side_files(report: Path | None, journal: Path | None, recordings: lis
         for fmt in set(fmts) & set(COMBINED_FORMATS):
             path = combined_path(combined_folder, fmt)
             taken.setdefault(os.path.realpath(path), f"the combined table {path}")
-    for option, path in (("--journal", journal), ("--report", report)):
-        if path is None:
-            continue
-        clash = taken.get(os.path.realpath(path))
-        if clash:
-            fail(f"{option} {path}: that is {clash} of this run, and one would overwrite the other; "
-                 "name another file", usage=True)
-        taken[os.path.realpath(path)] = f"the journal {path}"
+    if journal is not None:
+        _refuse_clash("--journal", journal, taken)
+        taken[os.path.realpath(journal)] = f"the journal {journal}"
+    if report is not None:
+        _refuse_clash("--report", report, taken)
+
+
+def _refuse_clash(option: str, path: Path, taken: dict[str, str]) -> None:
+    clash = taken.get(os.path.realpath(path))
+    if clash:
+        fail(f"{option} {path}: that is {clash} of this run, and one would overwrite the other; "
+             "name another file", usage=True)
 
 
 def _make_folders(folders: list[Path]) -> None:

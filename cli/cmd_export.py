@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -80,14 +81,12 @@ def _check_out(out_dir: Path, checkpoint: Path) -> None:
     stopped before writing it), the checkpoint itself, or a folder holding none of `EXPORT_FILES`:
     a stranger's config.json there -- or another checkpoint, whose weights would be replaced by
     these -- is refused (bad usage, said before the export)."""
-    import os
-
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out_dir} is a file; name a folder", usage=True)
-    if not out_dir.is_dir() or any((out_dir / name).is_file() for name in ("model.json", "frontend.onnx", "mamba.onnx")):
+    if not out_dir.is_dir() or os.path.realpath(out_dir) == os.path.realpath(checkpoint):
         return
-    if os.path.realpath(out_dir) == os.path.realpath(checkpoint):
-        return
+    if any((out_dir / name).is_file() for name in ("model.json", "frontend.onnx", "mamba.onnx")):
+        return   # an earlier export, finished or not
     taken = [name for name in EXPORT_FILES if os.path.lexists(out_dir / name)]
     if taken:
         fail(f"--out {out_dir} holds {', '.join(taken)}, and it is neither an earlier export nor the "

@@ -20,10 +20,9 @@ def parse_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-# What the start of a file each kind of result may replace looks like (an earlier result of ours).
-_RESULT_KINDS = {"json": "a JSON object (an earlier report)",
-                 "figure": "an image (an earlier plot: PNG, PDF, SVG, PostScript or JPEG)"}
-_EXAMPLE_NAMES = {"json": "run.json", "figure": "plot.png"}
+# Each kind of result file: what an existing file must be to be replaced, and an example name.
+_RESULT_KINDS = {"json": ("a JSON object (an earlier report)", "run.json"),
+                 "figure": ("an image (an earlier plot: PNG, PDF, SVG, PostScript or JPEG)", "plot.png")}
 # The first bytes of the files matplotlib's savefig writes (the format follows the name's suffix).
 _FIGURE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"%PDF", b"<?xml", b"<svg", b"%!PS", b"\xff\xd8\xff")
 
@@ -37,7 +36,7 @@ def check_result_path(path: Path | None, option: str, kind: str) -> None:
     if path is None:
         return
     if path.is_dir():
-        fail(f"{option} {path} is a folder; name a file in it, e.g. {path / _EXAMPLE_NAMES[kind]}", usage=True)
+        fail(f"{option} {path} is a folder; name a file in it, e.g. {path / _RESULT_KINDS[kind][1]}", usage=True)
     if not path.parent.is_dir():
         fail(f"{option} {path}: the folder {path.parent} does not exist", usage=True)
     if not path.exists():
@@ -49,7 +48,7 @@ def check_result_path(path: Path | None, option: str, kind: str) -> None:
     except OSError as e:
         fail(f"{option} {path}: cannot read it to check what it is ({e.strerror})", usage=True)
     if not ours:
-        fail(f"{option} {path}: the file exists and is not {_RESULT_KINDS[kind]}; it would be "
+        fail(f"{option} {path}: the file exists and is not {_RESULT_KINDS[kind][0]}; it would be "
              "overwritten. Name a new file (or delete this one first)", usage=True)
 
 

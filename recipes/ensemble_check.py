@@ -3,9 +3,9 @@ probabilities of several fine-tuned checkpoints on the same whole-recording eval
 eval` does, and prints each one's accuracy and macro-F1, then each group's ensemble.
 
 If the runs erred independently, an ensemble of n of them would gain a lot over its members; if
-they miss the same recordings, it gains little. Also printed: the share of recordings that at least
-one member gets right (a ceiling for any vote among them) and that all members get right (a diagnosis only: an ensemble costs n times the
-runtime, and is not shipped).
+they miss the same recordings, it gains little. Also printed: the share of recordings that at
+least one member gets right (a ceiling for any vote among them) and that all of them get right.
+A diagnosis only: an ensemble costs n times the runtime, and none is shipped.
 
     python recipes/ensemble_check.py DATA --split validation \\
         --group tiny WORK/ft/biomamba-tiny-delayed/seed{0,1,2}/best \\

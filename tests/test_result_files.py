@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import typer
 from typer.testing import CliRunner
 
 from biomamba.cli.app import app
@@ -145,6 +146,6 @@ def test_an_earlier_plot_or_report_may_be_replaced(tmp_path):
         check_result_path(path, "--x", kind)   # returns: nothing to refuse
     listing = tmp_path / "l.json"
     listing.write_text("[1, 2]\n")   # JSON, but not a report
-    with pytest.raises(Exception) as refused:
+    with pytest.raises(typer.Exit) as refused:
         check_result_path(listing, "--report", "json")
-    assert getattr(refused.value, "exit_code", None) == 2
+    assert refused.value.exit_code == 2

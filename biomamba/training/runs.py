@@ -116,7 +116,10 @@ def check_out(out: Path, resume: bool) -> None:
 
 def prepare_out(out: Path, resume: bool, args: dict, dist: Distributed, keys: tuple[str, ...] = ()) -> None:
     """Create ``out`` after `check_out`; on resume, refuse when ``keys`` of the saved args.json
-    differ from ``args``. Writes args.json (rank 0)."""
+    differ from ``args``. Writes args.json (rank 0). `check_out` ran in the commands'
+    `check_options` already, for a usage error before the data is read; it runs again here, where
+    the folder is written, because reading the data can take minutes (and a library caller may
+    come here directly)."""
     out = Path(out)
     previous = out / ARGS_FILE
     args = json.loads(json.dumps(args, default=str))  # as args.json holds them (paths as strings)
