@@ -10,6 +10,12 @@
 #   DEVICE=cuda SIZES="edge base" recipes/insectset32.sh    # larger sizes are for a GPU
 #   SIZES=tiny ARCHS=biomamba PT_STEPS=1000 recipes/insectset32.sh   # what made the shipped model
 #   SAMPLE_RATE=16000 CROP=5s recipes/insectset32.sh        # the paper's 16 kHz input (hears to 8 kHz)
+#   JOBS=2 SEEDS=0 PT_STEPS=1000 recipes/insectset32.sh     # a 2-core CPU: tiny and edge, both architectures
+#
+# Runs are grouped into jobs -- a pre-training with the fine-tunes that start from it, or one run
+# from scratch -- and $JOBS jobs run at a time, each on $OMP_NUM_THREADS threads, the pre-trainings
+# (the longest) first. A failed job is named at the end, after the others finish; then nothing is
+# collected (exit 1).
 #
 # Re-running skips every step already recorded in $WORK/times.tsv (delete a line to redo it).
 #
@@ -55,8 +61,9 @@ RECIPES=${RECIPES-"delayed"}     # the default recipe; RECIPES= (set, empty) run
 PT_STEPS=${PT_STEPS:-2000}
 PT_BATCH=${PT_BATCH:-8}
 RESULTS_NAME=${RESULTS_NAME:-insectset32}
-# One thread: the development machine's 2 cores are shared. Use your core count on a free machine.
+# One thread a run and $JOBS runs at a time: on a CPU, JOBS x OMP_NUM_THREADS = the cores to use.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+JOBS=${JOBS:-1}
 
 mkdir -p "$WORK/eval" "$WORK/speed"
 . "$REPO/recipes/timed.sh"
@@ -90,43 +97,61 @@ finetune() {
   fi
 }
 
-# 1. From scratch.
-for seed in $SEEDS; do
-  for arch in $ARCHS; do
-    for size in $SIZES; do
-      finetune "$arch-$size-scratch" "$seed" --preset "$size" --architecture "$arch" --no-freeze-frontend \
-          --sample-rate "$SAMPLE_RATE"
-    done
-  done
-done
+# job COMMAND...: run COMMAND in the background once fewer than $JOBS jobs run; if it fails, say so
+# in $FAILED and let the other jobs go on.
+FAILED="$WORK/failed-jobs.txt"
+: > "$FAILED"
+job() {
+  while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n || true; done
+  { ( "$@" ) || echo "$*" >> "$FAILED"; } &
+}
 
-# 2. Pre-training on every unlabelled recording we have except the validation split (labels unused):
-#    InsectSet32 train plus recipes/layout.py's pre-training list (maad soundscape, oss field recordings).
+# pretrained RECIPE SIZE: pre-train (two phases), then fine-tune every seed from the phase-2 encoder.
+# RECIPE is a BioMamba pre-training recipe, or `hubert` for the Transformer's.
+pretrained() {
+  local recipe=$1 size=$2
+  local options=(--recipe "$recipe") name="biomamba-$size-$recipe" pt="$recipe-$size"
+  if [[ $recipe == hubert ]]; then
+    options=(--architecture transformer) name="transformer-$size-hubert" pt="transformer-$size"
+  fi
+  options+=(--preset "$size" --steps "$PT_STEPS" --batch-size "$PT_BATCH" --crop "$CROP" --seed 0 --device "$DEVICE")
+  timed "pretrain-$pt-p1" $BMAMBA pretrain "${PT_AUDIO[@]}" "${options[@]}" --phase 1 \
+      --sample-rate "$SAMPLE_RATE" --out "$WORK/pt/$pt-p1"
+  timed "pretrain-$pt-p2" $BMAMBA pretrain "${PT_AUDIO[@]}" "${options[@]}" --phase 2 \
+      --init "$WORK/pt/$pt-p1/last" --out "$WORK/pt/$pt-p2"
+  for seed in $SEEDS; do
+    finetune "$name" "$seed" --init "$WORK/pt/$pt-p2/last"
+  done
+}
+
+# 1. Pre-training on every unlabelled recording we have except the validation split (labels unused):
+#    InsectSet32 train plus recipes/layout.py's pre-training list (maad soundscape, oss field
+#    recordings). Started first: these jobs are the longest.
 if [[ -n $RECIPES ]]; then
   BMAMBA_REAL_DATA=$REAL "$PYTHON" recipes/layout.py pretrain "$WORK"
   mapfile -t PT_AUDIO < <(cat "$WORK/pretrain_audio.txt"; listing train)
   for size in $SIZES; do
-    PT_COMMON=(--preset "$size" --steps "$PT_STEPS" --batch-size "$PT_BATCH" --crop "$CROP" --seed 0 --device "$DEVICE")
-    for recipe in $RECIPES; do
-      timed "pretrain-$recipe-$size-p1" $BMAMBA pretrain "${PT_AUDIO[@]}" "${PT_COMMON[@]}" \
-          --recipe "$recipe" --phase 1 --sample-rate "$SAMPLE_RATE" --out "$WORK/pt/$recipe-$size-p1"
-      timed "pretrain-$recipe-$size-p2" $BMAMBA pretrain "${PT_AUDIO[@]}" "${PT_COMMON[@]}" \
-          --recipe "$recipe" --phase 2 --init "$WORK/pt/$recipe-$size-p1/last" --out "$WORK/pt/$recipe-$size-p2"
-      for seed in $SEEDS; do
-        finetune "biomamba-$size-$recipe" "$seed" --init "$WORK/pt/$recipe-$size-p2/last"
-      done
-    done
-    if [[ $ARCHS == *transformer* ]]; then
-      timed "pretrain-transformer-$size-p1" $BMAMBA pretrain "${PT_AUDIO[@]}" "${PT_COMMON[@]}" \
-          --architecture transformer --phase 1 --sample-rate "$SAMPLE_RATE" --out "$WORK/pt/transformer-$size-p1"
-      timed "pretrain-transformer-$size-p2" $BMAMBA pretrain "${PT_AUDIO[@]}" "${PT_COMMON[@]}" \
-          --architecture transformer --phase 2 --init "$WORK/pt/transformer-$size-p1/last" \
-          --out "$WORK/pt/transformer-$size-p2"
-      for seed in $SEEDS; do
-        finetune "transformer-$size-hubert" "$seed" --init "$WORK/pt/transformer-$size-p2/last"
-      done
+    if [[ $ARCHS == *biomamba* ]]; then
+      for recipe in $RECIPES; do job pretrained "$recipe" "$size"; done
     fi
+    if [[ $ARCHS == *transformer* ]]; then job pretrained hubert "$size"; fi
   done
 fi
 
+# 2. From scratch.
+for seed in $SEEDS; do
+  for arch in $ARCHS; do
+    for size in $SIZES; do
+      job finetune "$arch-$size-scratch" "$seed" --preset "$size" --architecture "$arch" \
+          --no-freeze-frontend --sample-rate "$SAMPLE_RATE"
+    done
+  done
+done
+
+wait
+if [[ -s $FAILED ]]; then
+  echo "failed jobs (the others ran to the end; a rerun redoes only what is missing):" >&2
+  sed 's/^/  /' "$FAILED" >&2
+  exit 1
+fi
 "$PYTHON" recipes/collect_insectset32.py "$WORK" --name "$RESULTS_NAME"
