@@ -41,7 +41,7 @@ from biomamba.streaming import SAMPLE_RATE, StreamRunner
 from .backend_api import Backend
 from .batching import BatchingBackend
 from .events import Event, EventTracker
-from .journal import Journal, JournalError, fingerprint
+from .journal import Journal, JournalError, changed_since, fingerprint
 from .writers import EventFiles, OutputError, output_path, sibling_path, table_columns
 
 JOURNAL_NAME = ".bmamba-journal.jsonl"
@@ -563,21 +563,11 @@ def run(detector: Detector, files: Iterable[Path], journal: Journal | None = Non
 def _unchanged(result: FileResult, before: tuple[int, int] | None) -> FileResult:
     """result, or a failure when the recording is no longer what was read (its table stays: it is
     right for what was read; the journal does not count it as done)."""
-    if result.status != "ok":
+    why = changed_since(result.path, before) if result.status == "ok" else None
+    if why is None:
         return result
-    path = result.path
-    try:
-        now = fingerprint(path)
-    except OSError as error:
-        why = f"was moved or deleted while it was processed ({error.strerror})"
-    else:
-        if now == before:
-            return result
-        why = "changed while it was processed" if before is None else (
-            f"changed while it was processed (size {before[0]} -> {now[0]} bytes, "
-            f"modified {'again' if now[1] != before[1] else 'no'})")
     result.status = "failed"
-    result.reason = (f"{path}: {why}; the table {result.output} holds what was read, but the recording is "
+    result.reason = (f"{result.path}: {why}; the table {result.output} holds what was read, but the recording is "
                      "not recorded as done, so the next run processes it again")
     return result
 

@@ -1,4 +1,5 @@
-"""One `bmamba detect` at a time per output folder: an exclusive advisory lock on a file in it.
+"""One `bmamba detect` or `embed` at a time per output folder: an exclusive advisory lock on a
+file in it.
 
 Two runs writing into one folder at once would break each other: a run's start-up sweep
 (`writers.remove_stale_temps`) deletes the temporary file the other is writing, and both append

@@ -49,6 +49,21 @@ def fingerprint(recording: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+def changed_since(recording: Path, before: tuple[int, int] | None) -> str | None:
+    """Why recording is no longer what was read, or None: its size and modification time are
+    still ``before`` (`fingerprint` taken before it was read; None when that failed)."""
+    try:
+        now = fingerprint(recording)
+    except OSError as error:
+        return f"was moved or deleted while it was processed ({error.strerror})"
+    if now == before:
+        return None
+    if before is None:
+        return "changed while it was processed"
+    return (f"changed while it was processed (size {before[0]} -> {now[0]} bytes, "
+            f"modified {'again' if now[1] != before[1] else 'no'})")
+
+
 def journal_folder(outputs) -> Path:
     """Where a run without --out keeps its journal: beside its outputs, in the deepest folder
     that holds them all (absolute), so that the same run started from another folder finds it.
