@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         from biomamba.runtime.folder_lock import FolderBusy, FolderLocks
         from biomamba.runtime.journal import Journal, JournalError
         from biomamba.runtime.manifest import ManifestError
-        from biomamba.runtime.models import describe_model
+        from biomamba.runtime.models import builtin_models, describe_model, model_folder
         from biomamba.runtime.writers import OutputError, remove_stale_temps
 
         try:
@@ -57,8 +57,9 @@ def register(app: typer.Typer) -> None:
         files, problems = find_audio(inputs)
         if not files:
             fail("no recordings found: " + "; ".join(f"{i}: {why}" for i, why in problems), usage=True)
-        if model is not None and not model.exists():
-            fail(f"--model {model}: no such model folder", usage=True)
+        if model is not None and not model_folder(model).exists():   # a folder, or a built-in model's name
+            fail(f"--model {model}: no such model folder (built-in models: {', '.join(builtin_models())})",
+                 usage=True)
         try:   # now, not after hours of work that could then not be written
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:

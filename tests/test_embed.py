@@ -228,3 +228,20 @@ def test_two_runs_into_one_folder_the_second_is_refused(exported, tmp_path):
         busy = _embed(folder, recs, tmp_path / "out")
     assert busy.exit_code == 2 and "another bmamba run" in busy.output, busy.output
     assert not (tmp_path / "out" / "embeddings.npy").exists()
+
+
+def test_a_built_in_model_is_named_as_detect_names_it(tmp_path):
+    # Before: `bmamba embed rec.wav --model insectset32` said "no such model folder".
+    from biomamba.runtime.manifest import read_manifest
+    from biomamba.runtime.models import builtin_models, model_folder
+
+    if "insectset32" not in builtin_models():
+        pytest.skip("this install ships no insectset32 model")
+    rec = _recordings(tmp_path, 10, n=1)[0]
+    result = _embed("insectset32", [rec], tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    vectors, index = _read(tmp_path / "out")
+    rate = read_manifest(model_folder("insectset32")).sample_rate
+    assert len(index) == len(vectors) > 0 and rate == 32000   # the recording was read at the model's rate
+    missing = _embed("no-such-model", [rec], tmp_path / "other")
+    assert missing.exit_code == 2 and "built-in models:" in missing.output and "insectset32" in missing.output
