@@ -58,7 +58,7 @@ SAMPLE_RATE=${SAMPLE_RATE:-32000}
 CROP=${CROP:-2.5s}
 # pre-training (BioMamba recipes; the Transformer gets HuBERT's): empty RECIPES skips it
 RECIPES=${RECIPES-"delayed"}     # the default recipe; RECIPES= (set, empty) runs none
-PT_STEPS=${PT_STEPS:-2000}
+PT_STEPS=${PT_STEPS:-1000}
 PT_BATCH=${PT_BATCH:-8}
 RESULTS_NAME=${RESULTS_NAME:-insectset32}
 # One thread a run and $JOBS runs at a time: on a CPU, JOBS x OMP_NUM_THREADS = the cores to use.
