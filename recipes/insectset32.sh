@@ -98,9 +98,9 @@ finetune() {
 }
 
 # job COMMAND...: run COMMAND in the background once fewer than $JOBS jobs run; if it fails, say so
-# in $FAILED and let the other jobs go on.
-FAILED="$WORK/failed-jobs.txt"
-: > "$FAILED"
+# in $FAILED (this invocation's own) and let the other jobs go on.
+FAILED=$(mktemp "$WORK/.failed-jobs.XXXXXX")
+trap 'rm -f "$FAILED"' EXIT
 job() {
   while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n || true; done
   { ( "$@" ) || echo "$*" >> "$FAILED"; } &
