@@ -9,7 +9,8 @@ recording's rows are written to a part file in ``OUT/.bmamba-embed-parts/`` as s
 (atomically), and recorded in the resume journal (``runtime.journal``, the one `bmamba detect`
 uses). A rerun with the same settings (`embed_settings`) reuses the parts of recordings that are
 unchanged on disk and embeds only the others; ``embeddings.npy`` is then assembled from the parts,
-one at a time. Memory holds one chunk of frames and one recording's rows.
+one at a time. Memory holds one chunk of frames and one recording's rows. Parts made under other
+settings stay in the folder (their own names) until it is deleted.
 """
 
 from __future__ import annotations
