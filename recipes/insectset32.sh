@@ -10,7 +10,8 @@
 #   DEVICE=cuda SIZES="edge base" recipes/insectset32.sh    # larger sizes are for a GPU
 #   SIZES=tiny ARCHS=biomamba PT_STEPS=1000 recipes/insectset32.sh   # what made the shipped model
 #   SAMPLE_RATE=16000 CROP=5s recipes/insectset32.sh        # the paper's 16 kHz input (hears to 8 kHz)
-#   JOBS=2 SEEDS=0 PT_STEPS=1000 recipes/insectset32.sh     # a 2-core CPU: tiny and edge, both architectures
+#   JOBS=2 SEEDS=0 recipes/insectset32.sh                   # a 2-core CPU: tiny and edge, both architectures,
+#                                                           # about 170 min (summed steps, recipes/README)
 #
 # Runs are grouped into jobs -- a pre-training with the fine-tunes that start from it, or one run
 # from scratch -- and $JOBS jobs run at a time, each on $OMP_NUM_THREADS threads, the pre-trainings
