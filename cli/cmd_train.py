@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         max_steps: int = typer.Option(None, help="Stop after this many optimizer steps in all."),
         batch_size: int = typer.Option(32, help="Items per batch (per process under torchrun)."),
         lr: float = typer.Option(1e-4, help="Learning rate (Adam)."),
-        weight_decay: float = typer.Option(0.0, help="Weight decay of the weight matrices."),
+        weight_decay: float = typer.Option(0.0, help="Weight decay of the weight matrices (AdamW: decoupled; 0: plain Adam)."),
         warmup_steps: int = typer.Option(0, help="Linear learning-rate warm-up steps."),
         lr_schedule: str = typer.Option("constant", help="After warm-up: constant, or linear (decay to 0 "
                                                          "at the last step of --epochs / --max-steps)."),

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from biomamba.training.devices import Distributed
-from biomamba.training.loop import LoopConfig, Run, default_workers, fit
+from biomamba.training.loop import LoopConfig, Run, default_workers, fit, make_optimizer
 from biomamba.training.runs import NonFiniteLossError
 
 
@@ -124,3 +124,19 @@ def test_persistent_workers_see_each_epoch(tmp_path):
     run_fit(tmp_path, "workers", loss_fn=loss_fn, batch_size=4, epochs=3, workers=1)
     assert seen == [(e, {float(e)}) for e in (0, 0, 1, 1, 2, 2)]
     assert default_workers() >= 0
+
+
+def test_weight_decay_is_decoupled_from_the_gradient_and_spares_biases():
+    """With a zero gradient a matrix shrinks by exactly lr x weight_decay in one step (AdamW); an L2
+    term inside Adam would instead move it by about lr (its gradient wd x w divided by its own RMS).
+    Biases are not decayed."""
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 2)
+    weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
+    lr, wd = 0.1, 0.5
+    optimizer = make_optimizer(layer, lr, wd)
+    for p in layer.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    torch.testing.assert_close(layer.weight.detach(), weight * (1 - lr * wd))
+    torch.testing.assert_close(layer.bias.detach(), bias)

@@ -89,6 +89,13 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(module: nn.Module, lr: float, weight_decay: float, **adamw) -> torch.optim.AdamW:
+    """AdamW over ``parameter_groups``. The decay is decoupled from the gradient (Loshchilov &
+    Hutter 2019): a matrix shrinks by lr x weight_decay a step whatever its gradient's scale, where
+    Adam's L2 term would be divided by the gradient's running RMS. With weight_decay 0 it is Adam."""
+    return torch.optim.AdamW(parameter_groups(module, weight_decay), lr=lr, **adamw)
+
+
 class WarmupDecay:
     """LR factor at a step: linear warm-up over ``warmup`` steps, then constant (``total`` None)
     or linear decay to 0 at step ``total`` (fairseq's polynomial decay with power 1, HuBERT's).

@@ -71,8 +71,8 @@ from .loop import (
     WarmupDecay,
     default_workers,
     fit,
+    make_optimizer,
     optimizer_steps,
-    parameter_groups,
     seed_everything,
 )
 from .runs import check_choice, check_out, prepare_out
@@ -360,7 +360,7 @@ def train(cfg: TrainConfig) -> dict:
         model = build_model(cfg, task, classes, rate).to(device)
         if cfg.freeze_frontend:
             freeze_frontend(model)
-        optimizer = torch.optim.Adam(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
+        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
         total = None
         if cfg.lr_schedule == "linear":
             total = optimizer_steps(len(train_set), cfg.batch_size, dist.world_size, cfg.accumulate,

@@ -31,7 +31,7 @@ from ..devices import (
     setup_distributed,
     teardown_distributed,
 )
-from ..loop import LoopConfig, LoopState, Run, WarmupDecay, fit, parameter_groups, seed_everything
+from ..loop import LoopConfig, LoopState, Run, WarmupDecay, fit, make_optimizer, seed_everything
 from ..mfcc import FRAME_LENGTH
 from ..runs import check_choice, check_out, prepare_out
 from .data import PretrainDataset, collate_pretrain
@@ -264,8 +264,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         else:
             model = PretrainModel(encoder, k, cfg.final_dim, future, cfg.temperature, cfg.feature_penalty,
                                   cfg.cnn_grad_scale, cfg.future_weight, delay).to(device)
-        optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                      betas=(0.9, 0.98), eps=1e-6)
+        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.98), eps=1e-6)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, WarmupDecay(round(cfg.warmup_fraction * cfg.steps), cfg.steps))
         dataset = PretrainDataset(files, label_files, cfg.crop_s, cfg.seed, cfg.min_crop_s, frames, rate)
