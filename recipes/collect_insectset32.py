@@ -29,13 +29,11 @@ PRETRAINING = {"scratch": "none (front end trained too)", "hubert": "HuBERT, 2 p
 # recipes/insectset32.sh names runs fine-tuned with MIXUP set NAME-mixup
 PRETRAINING.update({f"{k}-mixup": f"{v}; mixup in fine-tuning" for k, v in list(PRETRAINING.items())})
 PRETRAINING["delayed-mixup-e200"] = "delayed target; mixup in fine-tuning, 200 epochs"
+PRETRAINING["delayed-wd"] = "delayed target; AdamW weight decay 0.05 in fine-tuning"
+PRETRAINING["delayed-attn"] = "delayed target; attention pooling"
 RUN = re.compile(r"^(?P<arch>[a-z]+)-(?P<size>[a-z]+)-(?P<pt>[a-z0-9-]+)-seed(?P<seed>\d+)$")
 SETTINGS = ("preset", "epochs", "batch_size", "lr", "lr_schedule", "crop_s", "freeze_frontend", "pooling", "init",
-            "sample_rate", "mixup")
-
-
-
-
+            "sample_rate", "mixup", "weight_decay")
 
 
 def parameters(checkpoint: Path) -> int | None:
@@ -83,12 +81,13 @@ def collect_run(work: Path, name: str, times: dict[str, int]) -> dict | None:
 
 def run_settings(args: dict) -> dict:
     """The SETTINGS of a run as they acted: a run from --init takes its size from the checkpoint
-    (its --preset is unused, so not shown), and mixup 0 is no mixup (as runs from before --mixup)."""
+    (its --preset is unused, so not shown); mixup and weight decay 0 are none (not shown)."""
     settings = {k: args.get(k) for k in SETTINGS}
     if settings.get("init"):
         settings["preset"] = None
-    if not settings.get("mixup"):
-        settings["mixup"] = None
+    for off_at_zero in ("mixup", "weight_decay"):
+        if not settings.get(off_at_zero):
+            settings[off_at_zero] = None
     return settings
 
 
@@ -217,7 +216,8 @@ def main() -> None:
                 "split is held out",
         "evaluation": "bmamba eval of best/ (the epoch with the best accuracy on the centred training-length "
                       "crop of each validation recording) on every validation recording whole: the causal "
-                      "model runs over the full length, frame logits mean-pooled over all of it",
+                      "model runs over the full length, frame logits pooled over all of it (mean, or "
+                      "attention-weighted where the settings say pooling attention)",
         "speed": "bmamba detect --report of the exported model (portable ONNX, fp32, onnxruntime) over the 51 "
                  f"validation recordings ({timed_audio}): audio seconds per second of work",
         "machine": f"{platform.machine()}, 2 CPU cores shared with other work, no GPU, OMP_NUM_THREADS=1",
