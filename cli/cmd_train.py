@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(50, help="Passes over the training data."),
         max_steps: int = typer.Option(None, help="Stop after this many optimizer steps in all."),
         batch_size: int = typer.Option(32, help="Items per batch (per process under torchrun)."),
-        lr: float = typer.Option(1e-4, help="Learning rate (Adam)."),
+        lr: float = typer.Option(1e-4, help="Learning rate (AdamW)."),
         weight_decay: float = typer.Option(0.0, help="Weight decay of the weight matrices (AdamW: decoupled; 0: plain Adam)."),
         warmup_steps: int = typer.Option(0, help="Linear learning-rate warm-up steps."),
         lr_schedule: str = typer.Option("constant", help="After warm-up: constant, or linear (decay to 0 "
